@@ -1,0 +1,7 @@
+//! modelarts-proxy: a localhost reverse proxy that adds Huawei Cloud
+//! credentials (AK/SK signatures, IAM tokens, API keys) to every request
+//! bound for a ModelArts real-time service behind API Gateway.
+#![forbid(unsafe_code)]
+
+pub mod secret;
+pub mod signer;
