@@ -18,7 +18,11 @@ pub fn quote_into(s: &str, out: &mut String) {
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !is_unreserved(b) {
-            out.push_str(&s[start..i]);
+            // A non-empty run of unreserved (ASCII) bytes starts on a char
+            // boundary; an empty one may sit inside a multi-byte character.
+            if start < i {
+                out.push_str(&s[start..i]);
+            }
             out.push('%');
             out.push(HEX_UPPER[(b >> 4) as usize] as char);
             out.push(HEX_UPPER[(b & 0xf) as usize] as char);
