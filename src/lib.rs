@@ -5,3 +5,5 @@
 
 pub mod secret;
 pub mod signer;
+pub mod config;
+pub mod credentials;
