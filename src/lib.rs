@@ -7,3 +7,6 @@ pub mod secret;
 pub mod signer;
 pub mod config;
 pub mod credentials;
+pub mod body;
+pub mod error;
+pub mod route;

@@ -1,0 +1,147 @@
+//! The errors the proxy itself answers with, and the one place they become
+//! responses: JSON `{"error":{"code":…,"message":…}}` with an
+//! `x-modelarts-proxy-error` header, so they are never mistaken for the
+//! service's own (DESIGN §6).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+
+/// Any error a body or connection can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of everything the proxy sends and receives.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Marks a response as made by the proxy; the value is the error code.
+pub const ERROR_HEADER: &str = "x-modelarts-proxy-error";
+
+/// Why the proxy answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "request body is larger than {key} ({}); Huawei API Gateway rejects bodies over 12 MB",
+        bytesize::ByteSize(*limit).display().iec()
+    )]
+    BodyTooLarge { limit: u64, key: &'static str },
+    #[error("no response head from the upstream within {} (timeout)", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
+    #[error("{0}")]
+    UpstreamUnreachable(String),
+    #[error("{0}")]
+    CredentialsUnavailable(String),
+    #[error("no route for {path}; configured prefixes: {prefixes}")]
+    NoRoute { path: String, prefixes: String },
+    #[error("{0}")]
+    ForbiddenClient(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error")]
+    Internal,
+}
+
+impl ProxyError {
+    /// The stable machine-readable code, also sent in `x-modelarts-proxy-error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::CredentialsUnavailable(_) => "credentials_unavailable",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::ForbiddenClient(_) => "forbidden_client",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::CredentialsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ForbiddenClient(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response the client sees.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        resp
+    }
+}
+
+/// A complete body from bytes.
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Renders an error and its causes as `outer: inner: innermost`, skipping
+/// causes whose text the outer message already contains.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_are_json_with_the_proxy_error_header() {
+        let err = ProxyError::BodyTooLarge { limit: 12 * 1024 * 1024, key: "max_body" };
+        let resp = err.to_response();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(resp.headers()[ERROR_HEADER], "body_too_large");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "body_too_large");
+        assert_eq!(
+            v["error"]["message"],
+            "request body is larger than max_body (12.0 MiB); Huawei API Gateway rejects bodies over 12 MB"
+        );
+    }
+
+    #[test]
+    fn every_code_has_its_status() {
+        let cases = [
+            (ProxyError::UpstreamTimeout(Duration::from_secs(40)), 504, "upstream_timeout"),
+            (ProxyError::UpstreamUnreachable("x".into()), 502, "upstream_unreachable"),
+            (ProxyError::CredentialsUnavailable("x".into()), 503, "credentials_unavailable"),
+            (ProxyError::NoRoute { path: "/x".into(), prefixes: "/v1".into() }, 404, "no_route"),
+            (ProxyError::ForbiddenClient("x".into()), 403, "forbidden_client"),
+            (ProxyError::BadRequest("x".into()), 400, "bad_request"),
+            (ProxyError::Internal, 500, "internal_error"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!((err.status().as_u16(), err.code()), (status, code));
+        }
+        assert_eq!(
+            ProxyError::UpstreamTimeout(Duration::from_secs(40)).to_string(),
+            "no response head from the upstream within 40s (timeout)"
+        );
+    }
+}
