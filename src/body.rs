@@ -30,7 +30,12 @@ pub struct Limited<B> {
 
 impl<B> Limited<B> {
     pub fn new(inner: B, limit: u64) -> Self {
-        Limited { inner, remaining: limit, limit, tripped: Arc::new(AtomicBool::new(false)) }
+        Limited {
+            inner,
+            remaining: limit,
+            limit,
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Set once the limit has been hit.
@@ -59,7 +64,9 @@ where
                     if n > this.remaining {
                         this.remaining = 0;
                         this.tripped.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(LimitExceeded { limit: this.limit }))));
+                        return Poll::Ready(Some(Err(Box::new(LimitExceeded {
+                            limit: this.limit,
+                        }))));
                     }
                     this.remaining -= n;
                 }
@@ -87,7 +94,10 @@ pub struct Prefixed<B> {
 
 impl<B> Prefixed<B> {
     pub fn new(first: Bytes, inner: B) -> Self {
-        Prefixed { first: Some(first), inner }
+        Prefixed {
+            first: Some(first),
+            inner,
+        }
     }
 }
 
@@ -135,7 +145,12 @@ pub(crate) mod tests {
 
     impl Chunks {
         pub fn of(parts: &[&'static str]) -> Self {
-            Chunks(parts.iter().map(|p| Bytes::from_static(p.as_bytes())).collect())
+            Chunks(
+                parts
+                    .iter()
+                    .map(|p| Bytes::from_static(p.as_bytes()))
+                    .collect(),
+            )
         }
     }
 

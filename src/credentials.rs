@@ -43,7 +43,9 @@ impl Sources for System {
     }
 
     fn home_dir(&self) -> Option<PathBuf> {
-        std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
     }
 }
 
@@ -106,7 +108,12 @@ pub fn parse_credentials_csv(text: &str) -> Result<(String, Secret), String> {
     let header = lines.next().ok_or("the file is empty")?;
     let columns: Vec<String> = split_csv_line(header)
         .iter()
-        .map(|c| c.to_ascii_lowercase().split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|c| {
+            c.to_ascii_lowercase()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     let find = |name: &str| columns.iter().position(|c| c == name);
     let (ak_col, sk_col) = match (find("access key id"), find("secret access key")) {
@@ -119,10 +126,18 @@ pub fn parse_credentials_csv(text: &str) -> Result<(String, Secret), String> {
             );
         }
     };
-    let row = lines.next().ok_or("the file has a header line but no key row")?;
+    let row = lines
+        .next()
+        .ok_or("the file has a header line but no key row")?;
     let fields = split_csv_line(row);
-    let ak = fields.get(ak_col).map(|s| s.trim()).filter(|s| !s.is_empty());
-    let sk = fields.get(sk_col).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let ak = fields
+        .get(ak_col)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty());
+    let sk = fields
+        .get(sk_col)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty());
     match (ak, sk) {
         (Some(ak), Some(sk)) => Ok((ak.to_owned(), Secret::new(sk))),
         _ => Err("the key row has an empty access key or secret key".to_owned()),
@@ -199,9 +214,12 @@ pub fn from_sdk_chain(sources: &dyn Sources) -> Result<Found, String> {
             path.display()
         )
     })?;
-    let profile = parse_profile(&text)
-        .map_err(|e| format!("profile file {}: {e}", path.display()))?;
-    Ok(Found { origin: format!("profile file {}", path.display()), ..profile })
+    let profile =
+        parse_profile(&text).map_err(|e| format!("profile file {}: {e}", path.display()))?;
+    Ok(Found {
+        origin: format!("profile file {}", path.display()),
+        ..profile
+    })
 }
 
 /// Reads the `[basic]` section of an SDK profile file (INI).
@@ -221,7 +239,9 @@ fn parse_profile(text: &str) -> Result<Found, String> {
             continue;
         }
         let in_basic = section.as_deref().is_some_and(|s| s.starts_with("basic"));
-        let Some((key, value)) = line.split_once(['=', ':']) else { continue };
+        let Some((key, value)) = line.split_once(['=', ':']) else {
+            continue;
+        };
         if !in_basic {
             continue;
         }
@@ -301,14 +321,27 @@ mod tests {
 
     #[test]
     fn env_and_file_secrets_resolve_and_trim_the_trailing_newline() {
-        let s = FakeSources::default().with_env("SK", "abc").with_file("/run/sk", "from-file\r\n");
-        assert_eq!(SecretSource::Env("SK".into()).resolve(&s).unwrap().expose(), "abc");
-        assert_eq!(SecretSource::File("/run/sk".into()).resolve(&s).unwrap().expose(), "from-file");
+        let s = FakeSources::default()
+            .with_env("SK", "abc")
+            .with_file("/run/sk", "from-file\r\n");
+        assert_eq!(
+            SecretSource::Env("SK".into()).resolve(&s).unwrap().expose(),
+            "abc"
+        );
+        assert_eq!(
+            SecretSource::File("/run/sk".into())
+                .resolve(&s)
+                .unwrap()
+                .expose(),
+            "from-file"
+        );
     }
 
     #[test]
     fn missing_and_empty_secrets_are_clear_errors() {
-        let s = FakeSources::default().with_env("EMPTY", "").with_file("/blank", "\n");
+        let s = FakeSources::default()
+            .with_env("EMPTY", "")
+            .with_file("/blank", "\n");
         assert_eq!(
             SecretSource::Env("NOPE".into()).resolve(&s).unwrap_err(),
             "environment variable NOPE is not set"
@@ -317,8 +350,16 @@ mod tests {
             SecretSource::Env("EMPTY".into()).resolve(&s).unwrap_err(),
             "environment variable EMPTY is empty"
         );
-        assert_eq!(SecretSource::File("/blank".into()).resolve(&s).unwrap_err(), "file /blank is empty");
-        assert!(SecretSource::File("/none".into()).resolve(&s).unwrap_err().starts_with("cannot read /none: "));
+        assert_eq!(
+            SecretSource::File("/blank".into()).resolve(&s).unwrap_err(),
+            "file /blank is empty"
+        );
+        assert!(
+            SecretSource::File("/none".into())
+                .resolve(&s)
+                .unwrap_err()
+                .starts_with("cannot read /none: ")
+        );
     }
 
     #[test]
@@ -334,9 +375,21 @@ mod tests {
     #[test]
     fn console_csv_errors_say_what_is_wrong() {
         assert_eq!(parse_credentials_csv("").unwrap_err(), "the file is empty");
-        assert!(parse_credentials_csv("a,b\n1,2").unwrap_err().contains("Access Key Id"));
-        assert!(parse_credentials_csv("Access Key Id,Secret Access Key\n").unwrap_err().contains("no key row"));
-        assert!(parse_credentials_csv("Access Key Id,Secret Access Key\nAK,\n").unwrap_err().contains("empty"));
+        assert!(
+            parse_credentials_csv("a,b\n1,2")
+                .unwrap_err()
+                .contains("Access Key Id")
+        );
+        assert!(
+            parse_credentials_csv("Access Key Id,Secret Access Key\n")
+                .unwrap_err()
+                .contains("no key row")
+        );
+        assert!(
+            parse_credentials_csv("Access Key Id,Secret Access Key\nAK,\n")
+                .unwrap_err()
+                .contains("empty")
+        );
     }
 
     #[test]
@@ -355,13 +408,17 @@ mod tests {
 
     #[test]
     fn sdk_chain_falls_back_to_the_profile_file() {
-        let profile = "[global]\nak = GLOBAL\nsk = G\n\n[basic]\nak = AKP\nsk = SKP\nproject_id = proj\n";
+        let profile =
+            "[global]\nak = GLOBAL\nsk = G\n\n[basic]\nak = AKP\nsk = SKP\nproject_id = proj\n";
         let mut s = FakeSources::default().with_file("/home/u/.huaweicloud/credentials", profile);
         s.home = Some("/home/u".into());
         let found = from_sdk_chain(&s).unwrap();
         assert_eq!(found.key.access_key, "AKP");
         assert_eq!(found.project_id.as_deref(), Some("proj"));
-        assert_eq!(found.origin, "profile file /home/u/.huaweicloud/credentials");
+        assert_eq!(
+            found.origin,
+            "profile file /home/u/.huaweicloud/credentials"
+        );
 
         let s = FakeSources::default()
             .with_env(ENV_CREDENTIALS_FILE, "/etc/hc")
@@ -371,13 +428,24 @@ mod tests {
 
     #[test]
     fn sdk_chain_errors_name_what_was_tried() {
-        let mut s = FakeSources::default();
-        s.home = Some("/home/u".into());
+        let s = FakeSources {
+            home: Some("/home/u".into()),
+            ..Default::default()
+        };
         let err = from_sdk_chain(&s).unwrap_err();
-        assert!(err.contains(ENV_AK) && err.contains("/home/u/.huaweicloud/credentials"), "{err}");
+        assert!(
+            err.contains(ENV_AK) && err.contains("/home/u/.huaweicloud/credentials"),
+            "{err}"
+        );
         let err = from_sdk_chain(&FakeSources::default().with_env(ENV_AK, "A")).unwrap_err();
         assert_eq!(err, format!("{ENV_AK} is set but {ENV_SK} is not"));
-        let s = FakeSources::default().with_env(ENV_CREDENTIALS_FILE, "/p").with_file("/p", "[global]\nak=a\nsk=b");
-        assert!(from_sdk_chain(&s).unwrap_err().contains("no [basic] section"));
+        let s = FakeSources::default()
+            .with_env(ENV_CREDENTIALS_FILE, "/p")
+            .with_file("/p", "[global]\nak=a\nsk=b");
+        assert!(
+            from_sdk_chain(&s)
+                .unwrap_err()
+                .contains("no [basic] section")
+        );
     }
 }

@@ -78,7 +78,10 @@ impl ProxyError {
         let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
         resp
     }
@@ -86,7 +89,9 @@ impl ProxyError {
 
 /// A complete body from bytes.
 pub fn full(data: impl Into<Bytes>) -> ProxyBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Renders an error and its causes as `outer: inner: innermost`, skipping
@@ -111,7 +116,10 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_json_with_the_proxy_error_header() {
-        let err = ProxyError::BodyTooLarge { limit: 12 * 1024 * 1024, key: "max_body" };
+        let err = ProxyError::BodyTooLarge {
+            limit: 12 * 1024 * 1024,
+            key: "max_body",
+        };
         let resp = err.to_response();
         assert_eq!(resp.status(), 413);
         assert_eq!(resp.headers()[ERROR_HEADER], "body_too_large");
@@ -128,11 +136,34 @@ mod tests {
     #[test]
     fn every_code_has_its_status() {
         let cases = [
-            (ProxyError::UpstreamTimeout(Duration::from_secs(40)), 504, "upstream_timeout"),
-            (ProxyError::UpstreamUnreachable("x".into()), 502, "upstream_unreachable"),
-            (ProxyError::CredentialsUnavailable("x".into()), 503, "credentials_unavailable"),
-            (ProxyError::NoRoute { path: "/x".into(), prefixes: "/v1".into() }, 404, "no_route"),
-            (ProxyError::ForbiddenClient("x".into()), 403, "forbidden_client"),
+            (
+                ProxyError::UpstreamTimeout(Duration::from_secs(40)),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ProxyError::UpstreamUnreachable("x".into()),
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                ProxyError::CredentialsUnavailable("x".into()),
+                503,
+                "credentials_unavailable",
+            ),
+            (
+                ProxyError::NoRoute {
+                    path: "/x".into(),
+                    prefixes: "/v1".into(),
+                },
+                404,
+                "no_route",
+            ),
+            (
+                ProxyError::ForbiddenClient("x".into()),
+                403,
+                "forbidden_client",
+            ),
             (ProxyError::BadRequest("x".into()), 400, "bad_request"),
             (ProxyError::Internal, 500, "internal_error"),
         ];

@@ -3,10 +3,10 @@
 //! bound for a ModelArts real-time service behind API Gateway.
 #![forbid(unsafe_code)]
 
-pub mod secret;
-pub mod signer;
+pub mod body;
 pub mod config;
 pub mod credentials;
-pub mod body;
 pub mod error;
 pub mod route;
+pub mod secret;
+pub mod signer;

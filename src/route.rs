@@ -20,7 +20,8 @@ pub fn match_route<'r, 'p>(routes: &'r [Route], path: &'p str) -> Option<(&'r Ro
 /// `…/v1/infers/<id>` and not `…/v1/infers/<id>/`. The query is forwarded as
 /// received, byte for byte.
 pub fn upstream_path_and_query(base_path: &str, rest: &str, query: Option<&str>) -> String {
-    let mut out = String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    let mut out =
+        String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     if rest.is_empty() || rest == "/" {
         out.push_str(if base_path.is_empty() { "/" } else { base_path });
     } else {
@@ -52,25 +53,52 @@ upstream = "https://h/v1/infers/one"
 prefix = "/v1/special"
 upstream = "https://h/"
 "#;
-        config::load(text, &FakeSources::default()).unwrap().config.routes
+        config::load(text, &FakeSources::default())
+            .unwrap()
+            .config
+            .routes
     }
 
     fn mapped(path: &str, query: Option<&str>) -> (String, String) {
         let routes = routes();
         let (r, rest) = match_route(&routes, path).unwrap();
-        (r.prefix.clone(), upstream_path_and_query(&r.upstream.base_path, rest, query))
+        (
+            r.prefix.clone(),
+            upstream_path_and_query(&r.upstream.base_path, rest, query),
+        )
     }
 
     #[test]
     fn longest_prefix_wins_on_segment_boundaries() {
         assert_eq!(mapped("/", None), ("/".into(), "/v1/infers/root".into()));
-        assert_eq!(mapped("/predict", None), ("/".into(), "/v1/infers/root/predict".into()));
-        assert_eq!(mapped("/v1", None), ("/v1/".into(), "/v1/infers/one".into()));
-        assert_eq!(mapped("/v1/", None), ("/v1/".into(), "/v1/infers/one".into()));
-        assert_eq!(mapped("/v1/x/y", None), ("/v1/".into(), "/v1/infers/one/x/y".into()));
-        assert_eq!(mapped("/v10", None), ("/".into(), "/v1/infers/root/v10".into()));
-        assert_eq!(mapped("/v1/special/a", None), ("/v1/special".into(), "/a".into()));
-        assert_eq!(mapped("/v1/special", None), ("/v1/special".into(), "/".into()));
+        assert_eq!(
+            mapped("/predict", None),
+            ("/".into(), "/v1/infers/root/predict".into())
+        );
+        assert_eq!(
+            mapped("/v1", None),
+            ("/v1/".into(), "/v1/infers/one".into())
+        );
+        assert_eq!(
+            mapped("/v1/", None),
+            ("/v1/".into(), "/v1/infers/one".into())
+        );
+        assert_eq!(
+            mapped("/v1/x/y", None),
+            ("/v1/".into(), "/v1/infers/one/x/y".into())
+        );
+        assert_eq!(
+            mapped("/v10", None),
+            ("/".into(), "/v1/infers/root/v10".into())
+        );
+        assert_eq!(
+            mapped("/v1/special/a", None),
+            ("/v1/special".into(), "/a".into())
+        );
+        assert_eq!(
+            mapped("/v1/special", None),
+            ("/v1/special".into(), "/".into())
+        );
     }
 
     #[test]

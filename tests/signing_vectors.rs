@@ -26,11 +26,15 @@ fn body(v: &Value) -> Vec<u8> {
         return b.as_bytes().to_vec();
     }
     if let Some(b) = v.get("body_b64").and_then(Value::as_str) {
-        return base64::engine::general_purpose::STANDARD.decode(b).expect("base64 body");
+        return base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .expect("base64 body");
     }
     if let Some(r) = v.get("body_repeat") {
         let pattern = r["pattern"].as_str().expect("pattern");
-        return pattern.repeat(r["times"].as_u64().expect("times") as usize).into_bytes();
+        return pattern
+            .repeat(r["times"].as_u64().expect("times") as usize)
+            .into_bytes();
     }
     Vec::new()
 }
@@ -65,10 +69,16 @@ fn check(id: &str) {
     if v["unsigned_payload"].as_bool().unwrap() {
         headers.push(("X-Sdk-Content-Sha256".into(), UNSIGNED_PAYLOAD.into()));
     }
-    let header_refs: Vec<(&str, &str)> =
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let body = body(&v);
-    assert_eq!(body.len() as u64, v["body_len"].as_u64().unwrap(), "{id}: body length");
+    assert_eq!(
+        body.len() as u64,
+        v["body_len"].as_u64().unwrap(),
+        "{id}: body length"
+    );
     let req = SignableRequest {
         method: v["method"].as_str().unwrap(),
         path,
@@ -81,22 +91,52 @@ fn check(id: &str) {
         secret_key: Secret::new(v["sk"].as_str().unwrap()),
         security_token: None,
     };
-    let time: DateTime<Utc> = signer::parse_sdk_date(v["sdk_date"].as_str().unwrap()).expect("sdk_date");
+    let time: DateTime<Utc> =
+        signer::parse_sdk_date(v["sdk_date"].as_str().unwrap()).expect("sdk_date");
     let out = signer::sign(&req, &key, time).expect("signs");
 
-    assert_eq!(out.canonical_request.to_string(), v["canonical_request"].as_str().unwrap(), "{id}: canonical request");
-    assert_eq!(out.canonical_request.signed_headers(), v["signed_headers"].as_str().unwrap(), "{id}: signed headers");
-    assert_eq!(out.string_to_sign.to_string(), v["string_to_sign"].as_str().unwrap(), "{id}: string to sign");
-    assert_eq!(out.signature, v["signature"].as_str().unwrap(), "{id}: signature");
-    assert_eq!(out.authorization, v["authorization"].as_str().unwrap(), "{id}: authorization");
-    assert_eq!(out.date, v["final_headers"]["X-Sdk-Date"].as_str().unwrap(), "{id}: x-sdk-date");
+    assert_eq!(
+        out.canonical_request.to_string(),
+        v["canonical_request"].as_str().unwrap(),
+        "{id}: canonical request"
+    );
+    assert_eq!(
+        out.canonical_request.signed_headers(),
+        v["signed_headers"].as_str().unwrap(),
+        "{id}: signed headers"
+    );
+    assert_eq!(
+        out.string_to_sign.to_string(),
+        v["string_to_sign"].as_str().unwrap(),
+        "{id}: string to sign"
+    );
+    assert_eq!(
+        out.signature,
+        v["signature"].as_str().unwrap(),
+        "{id}: signature"
+    );
+    assert_eq!(
+        out.authorization,
+        v["authorization"].as_str().unwrap(),
+        "{id}: authorization"
+    );
+    assert_eq!(
+        out.date,
+        v["final_headers"]["X-Sdk-Date"].as_str().unwrap(),
+        "{id}: x-sdk-date"
+    );
 }
 
 /// Guards against a vector being added to the file without a test here.
 #[test]
 fn every_vector_has_a_test() {
     let all: Value = serde_json::from_str(VECTORS).unwrap();
-    let ids: Vec<&str> = all["vectors"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = all["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len() as u64, all["count"].as_u64().unwrap());
     let this_file = include_str!("signing_vectors.rs");
     for id in ids {

@@ -155,24 +155,65 @@ pub struct Validated {
 
 /// Top-level keys.
 const TOP_KEYS: &[&str] = &["server", "route", "credentials", "upstream_tls"];
-const SERVER_KEYS: &[&str] =
-    &["listen", "admin_listen", "allow_remote", "max_body", "timeout", "shutdown_grace"];
-const ROUTE_KEYS: &[&str] =
-    &["prefix", "upstream", "credentials", "headers", "payload", "timeout", "max_body"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "allow_remote",
+    "max_body",
+    "timeout",
+    "shutdown_grace",
+];
+const ROUTE_KEYS: &[&str] = &[
+    "prefix",
+    "upstream",
+    "credentials",
+    "headers",
+    "payload",
+    "timeout",
+    "max_body",
+];
 const TLS_KEYS: &[&str] = &["roots", "ca_file", "insecure_skip_verify"];
-const AKSK_KEYS: &[&str] =
-    &["type", "access_key", "secret_key", "security_token", "csv", "source", "project_id"];
+const AKSK_KEYS: &[&str] = &[
+    "type",
+    "access_key",
+    "secret_key",
+    "security_token",
+    "csv",
+    "source",
+    "project_id",
+];
 const TOKEN_KEYS: &[&str] = &[
-    "type", "iam_endpoint", "region", "user", "password", "domain", "project", "project_id",
+    "type",
+    "iam_endpoint",
+    "region",
+    "user",
+    "password",
+    "domain",
+    "project",
+    "project_id",
     "refresh_margin",
 ];
 const APIKEY_KEYS: &[&str] = &["type", "app_code", "header", "prefix"];
 
 /// Headers the proxy owns; a route may not set them.
 const RESERVED_HEADERS: &[&str] = &[
-    "host", "authorization", "x-auth-token", "x-sdk-date", "x-security-token", "x-apig-appcode",
-    "x-sdk-content-sha256", "content-length", "transfer-encoding", "connection", "keep-alive",
-    "upgrade", "te", "trailer", "proxy-connection", "proxy-authorization", "proxy-authenticate",
+    "host",
+    "authorization",
+    "x-auth-token",
+    "x-sdk-date",
+    "x-security-token",
+    "x-apig-appcode",
+    "x-sdk-content-sha256",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
 ];
 
 /// Parses and validates a config file's text. `sources` reads the
@@ -190,7 +231,10 @@ pub fn load(text: &str, sources: &dyn Sources) -> Result<Validated, Vec<Problem>
                     format!("line {line}, column {col}: ")
                 })
                 .unwrap_or_default();
-            return Err(vec![Problem { path: String::new(), message: format!("{place}invalid TOML: {msg}") }]);
+            return Err(vec![Problem {
+                path: String::new(),
+                message: format!("{place}invalid TOML: {msg}"),
+            }]);
         }
     };
     validate(&table, sources)
@@ -218,7 +262,10 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
             let path = format!("credentials.{name}");
             credential_names.push(name.clone());
             let Value::Table(t) = value else {
-                report.error(&path, format!("expected a table, found {}", type_name(value)));
+                report.error(
+                    &path,
+                    format!("expected a table, found {}", type_name(value)),
+                );
                 continue;
             };
             if let Some(c) = credential(&mut report, &Section::new(t, path), sources) {
@@ -243,28 +290,45 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
                             routes.push(r);
                         }
                     }
-                    other => report.error(path, format!("expected a table, found {}", type_name(other))),
+                    other => report.error(
+                        path,
+                        format!("expected a table, found {}", type_name(other)),
+                    ),
                 }
             }
         }
         Some(other) => report.error(
             "route",
-            format!("expected an array of tables ([[route]]), found {}", type_name(other)),
+            format!(
+                "expected an array of tables ([[route]]), found {}",
+                type_name(other)
+            ),
         ),
     }
     for (i, r) in routes.iter().enumerate() {
-        if let Some(prev) = routes[..i].iter().find(|p| p.match_prefix == r.match_prefix) {
+        if let Some(prev) = routes[..i]
+            .iter()
+            .find(|p| p.match_prefix == r.match_prefix)
+        {
             report.error(
                 "route",
-                format!("two routes have the same prefix ({:?} and {:?})", prev.prefix, r.prefix),
+                format!(
+                    "two routes have the same prefix ({:?} and {:?})",
+                    prev.prefix, r.prefix
+                ),
             );
         }
     }
-    routes.sort_by(|a, b| b.match_prefix.len().cmp(&a.match_prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.match_prefix.len()));
 
     if report.errors.is_empty() {
         Ok(Validated {
-            config: Config { server, routes, credentials, upstream_tls },
+            config: Config {
+                server,
+                routes,
+                credentials,
+                upstream_tls,
+            },
             warnings: report.warnings,
         })
     } else {
@@ -279,9 +343,9 @@ fn server(report: &mut Report, s: &Section<'_>) -> Server {
     let allow_remote = s.bool(report, "allow_remote").unwrap_or(false);
     let listen = match s.get("listen") {
         None => d.listen.clone(),
-        Some(Value::String(a)) => {
-            address(report, &s.key_path("listen"), a, allow_remote).into_iter().collect()
-        }
+        Some(Value::String(a)) => address(report, &s.key_path("listen"), a, allow_remote)
+            .into_iter()
+            .collect(),
         Some(Value::Array(items)) if items.is_empty() => {
             report.error(s.key_path("listen"), "needs at least one address");
             Vec::new()
@@ -294,7 +358,10 @@ fn server(report: &mut Report, s: &Section<'_>) -> Server {
                 match v {
                     Value::String(a) => address(report, &path, a, allow_remote),
                     other => {
-                        report.error(path, format!("expected an address string, found {}", type_name(other)));
+                        report.error(
+                            path,
+                            format!("expected an address string, found {}", type_name(other)),
+                        );
                         None
                     }
                 }
@@ -303,7 +370,10 @@ fn server(report: &mut Report, s: &Section<'_>) -> Server {
         Some(other) => {
             report.error(
                 s.key_path("listen"),
-                format!("expected an address or a list of addresses, found {}", type_name(other)),
+                format!(
+                    "expected an address or a list of addresses, found {}",
+                    type_name(other)
+                ),
             );
             Vec::new()
         }
@@ -324,14 +394,24 @@ fn server(report: &mut Report, s: &Section<'_>) -> Server {
         allow_remote,
         max_body,
         timeout: s.duration(report, "timeout").unwrap_or(d.timeout),
-        shutdown_grace: s.duration(report, "shutdown_grace").unwrap_or(d.shutdown_grace),
+        shutdown_grace: s
+            .duration(report, "shutdown_grace")
+            .unwrap_or(d.shutdown_grace),
     }
 }
 
 /// Parses a listen address; a non-loopback one needs `allow_remote = true`.
-pub fn address(report: &mut Report, path: &str, text: &str, allow_remote: bool) -> Option<SocketAddr> {
+pub fn address(
+    report: &mut Report,
+    path: &str,
+    text: &str,
+    allow_remote: bool,
+) -> Option<SocketAddr> {
     let Ok(addr) = text.parse::<SocketAddr>() else {
-        report.error(path, format!("invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\""));
+        report.error(
+            path,
+            format!("invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\""),
+        );
         return None;
     };
     if !addr.ip().is_loopback() && !allow_remote {
@@ -354,13 +434,19 @@ fn upstream_tls(report: &mut Report, s: &Section<'_>) -> UpstreamTls {
         Some("webpki") => Roots::Webpki,
         Some("none") => Roots::None,
         Some(other) => {
-            report.error(s.key_path("roots"), format!("must be \"system\", \"webpki\" or \"none\", not {other:?}"));
+            report.error(
+                s.key_path("roots"),
+                format!("must be \"system\", \"webpki\" or \"none\", not {other:?}"),
+            );
             Roots::System
         }
     };
     let ca_file = s.str(report, "ca_file").map(PathBuf::from);
     if roots == Roots::None && ca_file.is_none() {
-        report.error(s.key_path("roots"), "\"none\" needs upstream_tls.ca_file, or no https upstream can be trusted");
+        report.error(
+            s.key_path("roots"),
+            "\"none\" needs upstream_tls.ca_file, or no https upstream can be trusted",
+        );
     }
     let insecure_skip_verify = s.bool(report, "insecure_skip_verify").unwrap_or(false);
     if insecure_skip_verify {
@@ -369,26 +455,43 @@ fn upstream_tls(report: &mut Report, s: &Section<'_>) -> UpstreamTls {
             "upstream certificates are not verified: anyone on the path can read your requests",
         );
     }
-    UpstreamTls { roots, ca_file, insecure_skip_verify }
+    UpstreamTls {
+        roots,
+        ca_file,
+        insecure_skip_verify,
+    }
 }
 
-fn route(report: &mut Report, s: &Section<'_>, server: &Server, credential_names: &[String]) -> Option<Route> {
+fn route(
+    report: &mut Report,
+    s: &Section<'_>,
+    server: &Server,
+    credential_names: &[String],
+) -> Option<Route> {
     check_keys(report, s.table, &s.path, ROUTE_KEYS);
     let prefix = s.str(report, "prefix").unwrap_or("/");
     if !prefix.starts_with('/') {
-        report.error(s.key_path("prefix"), format!("must start with '/', got {prefix:?}"));
+        report.error(
+            s.key_path("prefix"),
+            format!("must start with '/', got {prefix:?}"),
+        );
     }
     let upstream = s.require(report, "upstream", |r| s.str(r, "upstream"));
     let upstream = upstream.and_then(|u| parse_upstream(report, &s.key_path("upstream"), u));
     let credentials = s.str(report, "credentials").map(str::to_owned);
-    if let Some(name) = &credentials {
-        if !credential_names.contains(name) {
+    if let Some(name) = &credentials
+        && !credential_names.contains(name)
+    {
+        {
             let known = if credential_names.is_empty() {
                 "there are no [credentials.NAME] tables".to_owned()
             } else {
                 format!("known: {}", credential_names.join(", "))
             };
-            report.error(s.key_path("credentials"), format!("no [credentials.{name}] table ({known})"));
+            report.error(
+                s.key_path("credentials"),
+                format!("no [credentials.{name}] table ({known})"),
+            );
         }
     }
     let mut headers = Vec::new();
@@ -396,7 +499,10 @@ fn route(report: &mut Report, s: &Section<'_>, server: &Server, credential_names
         for (name, value) in h.table {
             let path = h.key_path(name);
             let Value::String(value) = value else {
-                report.error(path, format!("expected a string, found {}", type_name(value)));
+                report.error(
+                    path,
+                    format!("expected a string, found {}", type_name(value)),
+                );
                 continue;
             };
             let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
@@ -419,7 +525,10 @@ fn route(report: &mut Report, s: &Section<'_>, server: &Server, credential_names
         Some("signed") => PayloadMode::Signed,
         Some("unsigned") => PayloadMode::Unsigned,
         Some(other) => {
-            report.error(s.key_path("payload"), format!("must be \"auto\", \"signed\" or \"unsigned\", not {other:?}"));
+            report.error(
+                s.key_path("payload"),
+                format!("must be \"auto\", \"signed\" or \"unsigned\", not {other:?}"),
+            );
             PayloadMode::Auto
         }
     };
@@ -443,7 +552,9 @@ fn parse_upstream(report: &mut Report, path: &str, text: &str) -> Option<Upstrea
         report.error(path, format!("{why}: {text:?}; write e.g. \"https://<id>.apig.cn-north-4.huaweicloudapis.com/v1/infers/<service-id>\""));
         None
     };
-    let Ok(uri) = text.parse::<Uri>() else { return bad(report, "not a valid URL") };
+    let Ok(uri) = text.parse::<Uri>() else {
+        return bad(report, "not a valid URL");
+    };
     let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
         return bad(report, "needs a scheme and a host");
     };
@@ -451,7 +562,10 @@ fn parse_upstream(report: &mut Report, path: &str, text: &str) -> Option<Upstrea
         return bad(report, "the scheme must be https or http");
     }
     if authority.as_str().contains('@') {
-        return bad(report, "user:password@ in the URL is not supported; use [credentials]");
+        return bad(
+            report,
+            "user:password@ in the URL is not supported; use [credentials]",
+        );
     }
     if uri.query().is_some() || text.contains('#') {
         return bad(report, "the upstream URL may not have a query or fragment");
@@ -462,7 +576,11 @@ fn parse_upstream(report: &mut Report, path: &str, text: &str) -> Option<Upstrea
     } else {
         String::new()
     };
-    Some(Upstream { scheme, authority, base_path })
+    Some(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
 }
 
 fn credential(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<Credentials> {
@@ -486,7 +604,10 @@ fn credential(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Op
             None
         }
         other => {
-            report.error(s.key_path("type"), format!("must be \"aksk\", \"token\" or \"apikey\", not {other:?}"));
+            report.error(
+                s.key_path("type"),
+                format!("must be \"aksk\", \"token\" or \"apikey\", not {other:?}"),
+            );
             None
         }
     }
@@ -507,13 +628,22 @@ pub fn secret_source(report: &mut Report, s: &Section<'_>, key: &str) -> Option<
                 (Some(e), None) => Some(SecretSource::Env(e.to_owned())),
                 (None, Some(f)) => Some(SecretSource::File(PathBuf::from(f))),
                 _ => {
-                    report.error(path, "needs exactly one of env = \"NAME\" or file = \"PATH\"");
+                    report.error(
+                        path,
+                        "needs exactly one of env = \"NAME\" or file = \"PATH\"",
+                    );
                     None
                 }
             }
         }
         other => {
-            report.error(path, format!("expected a string or {{ env = … }} / {{ file = … }}, found {}", type_name(other)));
+            report.error(
+                path,
+                format!(
+                    "expected a string or {{ env = … }} / {{ file = … }}, found {}",
+                    type_name(other)
+                ),
+            );
             None
         }
     }
@@ -552,7 +682,10 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<A
             }
         },
         (Some(other), None, false) => {
-            report.error(s.key_path("source"), format!("must be \"env\" or \"metadata\", not {other:?}"));
+            report.error(
+                s.key_path("source"),
+                format!("must be \"env\" or \"metadata\", not {other:?}"),
+            );
             None
         }
         (None, Some(path), false) => {
@@ -565,7 +698,11 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<A
             };
             match credentials::parse_credentials_csv(&text) {
                 Ok((access_key, secret_key)) => Some(AkSkCredentials {
-                    key: AkSk { access_key, secret_key, security_token: None },
+                    key: AkSk {
+                        access_key,
+                        secret_key,
+                        security_token: None,
+                    },
                     project_id,
                     origin: format!("csv {path}"),
                 }),
@@ -587,7 +724,11 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<A
             };
             let (ak, sk) = (ak?, sk?);
             Some(AkSkCredentials {
-                key: AkSk { access_key: ak.expose().trim().to_owned(), secret_key: sk, security_token: token },
+                key: AkSk {
+                    access_key: ak.expose().trim().to_owned(),
+                    secret_key: sk,
+                    security_token: token,
+                },
                 project_id,
                 origin: "config keys".to_owned(),
             })

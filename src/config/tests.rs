@@ -2,11 +2,17 @@ use super::*;
 use crate::credentials::fake::FakeSources;
 
 fn env() -> FakeSources {
-    FakeSources::default().with_env("AK", "AKEXAMPLE").with_env("SK", "sk-secret-value")
+    FakeSources::default()
+        .with_env("AK", "AKEXAMPLE")
+        .with_env("SK", "sk-secret-value")
 }
 
 fn errors(text: &str) -> Vec<String> {
-    load(text, &env()).expect_err("config should be rejected").iter().map(ToString::to_string).collect()
+    load(text, &env())
+        .expect_err("config should be rejected")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 const MINIMAL: &str = r#"
@@ -25,12 +31,18 @@ fn minimal_config_gets_the_gateway_defaults() {
     let v = load(MINIMAL, &env()).unwrap();
     let c = v.config;
     assert_eq!(c.server, Server::default());
-    assert_eq!(c.server.listen, ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(
+        c.server.listen,
+        ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+    );
     assert_eq!(c.server.max_body, 12 * 1024 * 1024);
     assert_eq!(c.server.timeout, Duration::from_secs(40));
     let r = &c.routes[0];
     assert_eq!((r.prefix.as_str(), r.match_prefix.as_str()), ("/", ""));
-    assert_eq!(r.upstream.url(), "https://x.apig.cn-north-4.huaweicloudapis.com/v1/infers/abc");
+    assert_eq!(
+        r.upstream.url(),
+        "https://x.apig.cn-north-4.huaweicloudapis.com/v1/infers/abc"
+    );
     assert_eq!(r.payload, PayloadMode::Auto);
     let Credentials::AkSk(k) = &c.credentials["default"];
     assert_eq!(k.key.access_key, "AKEXAMPLE");
@@ -82,7 +94,10 @@ secret_key = { env = "NOT_SET" }
     ];
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
     for (got, want) in errs.iter().zip(want) {
-        assert!(got.starts_with(want), "got {got:?}, want it to start with {want:?}");
+        assert!(
+            got.starts_with(want),
+            "got {got:?}, want it to start with {want:?}"
+        );
     }
 }
 
@@ -99,7 +114,10 @@ fn non_loopback_listen_needs_allow_remote() {
     let text = format!("[server]\nlisten = \"0.0.0.0:8080\"\n{MINIMAL}");
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("server.listen: 0.0.0.0:8080 is not a loopback address"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("server.listen: 0.0.0.0:8080 is not a loopback address"),
+        "{errs:?}"
+    );
     let text = format!("[server]\nlisten = \"0.0.0.0:8080\"\nallow_remote = true\n{MINIMAL}");
     let c = load(&text, &env()).unwrap().config;
     assert_eq!(c.server.listen[0].to_string(), "0.0.0.0:8080");
@@ -149,8 +167,13 @@ upstream = "http://127.0.0.1:1/c"
     let order: Vec<&str> = c.routes.iter().map(|r| r.match_prefix.as_str()).collect();
     assert_eq!(order, ["/v1/special", "/v1", ""]);
 
-    let errs = errors("[[route]]\nprefix = \"/a\"\nupstream = \"http://h/\"\n[[route]]\nprefix = \"/a/\"\nupstream = \"http://h/\"\n");
-    assert_eq!(errs, ["route: two routes have the same prefix (\"/a\" and \"/a/\")"]);
+    let errs = errors(
+        "[[route]]\nprefix = \"/a\"\nupstream = \"http://h/\"\n[[route]]\nprefix = \"/a/\"\nupstream = \"http://h/\"\n",
+    );
+    assert_eq!(
+        errs,
+        ["route: two routes have the same prefix (\"/a\" and \"/a/\")"]
+    );
 }
 
 #[test]
@@ -160,7 +183,12 @@ fn upstream_keeps_the_authority_and_path_as_written() {
     let u = &c.routes[0].upstream;
     assert_eq!(u.authority.as_str(), "Apig.Example.com:443");
     assert_eq!(u.base_path, "");
-    for bad in ["https://u:p@h/x", "https://h/x?q=1", "h/x", "https://h/x#frag"] {
+    for bad in [
+        "https://u:p@h/x",
+        "https://h/x?q=1",
+        "h/x",
+        "https://h/x#frag",
+    ] {
         let errs = errors(&format!("[[route]]\nupstream = \"{bad}\"\n"));
         assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
         assert!(errs[0].starts_with("route[0].upstream: "), "{errs:?}");
@@ -169,9 +197,10 @@ fn upstream_keeps_the_authority_and_path_as_written() {
 
 #[test]
 fn secrets_from_files_csv_and_literals() {
-    let sources = env()
-        .with_file("/run/sk", "file-sk\n")
-        .with_file("/keys.csv", "User Name,Access Key Id,Secret Access Key\nalice,CSVAK,csv-sk\n");
+    let sources = env().with_file("/run/sk", "file-sk\n").with_file(
+        "/keys.csv",
+        "User Name,Access Key Id,Secret Access Key\nalice,CSVAK,csv-sk\n",
+    );
     let text = r#"
 [[route]]
 upstream = "https://h/x"
@@ -187,13 +216,22 @@ project_id = "p1"
 "#;
     let v = load(text, &sources).unwrap();
     let Credentials::AkSk(a) = &v.config.credentials["a"];
-    assert_eq!((a.key.access_key.as_str(), a.key.secret_key.expose()), ("LITERALAK", "file-sk"));
+    assert_eq!(
+        (a.key.access_key.as_str(), a.key.secret_key.expose()),
+        ("LITERALAK", "file-sk")
+    );
     let Credentials::AkSk(b) = &v.config.credentials["b"];
-    assert_eq!((b.key.access_key.as_str(), b.key.secret_key.expose()), ("CSVAK", "csv-sk"));
+    assert_eq!(
+        (b.key.access_key.as_str(), b.key.secret_key.expose()),
+        ("CSVAK", "csv-sk")
+    );
     assert_eq!(b.project_id.as_deref(), Some("p1"));
     let warnings: Vec<String> = v.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].starts_with("credentials.a.access_key: is a literal secret"), "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("credentials.a.access_key: is a literal secret"),
+        "{warnings:?}"
+    );
 }
 
 #[test]
@@ -202,7 +240,10 @@ fn one_key_source_only() {
         "[[route]]\nupstream = \"https://h/\"\n[credentials.a]\ntype = \"aksk\"\ncsv = \"/x\"\nsource = \"env\"\n",
     );
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("credentials.a: give the key one way only"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("credentials.a: give the key one way only"),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -33,17 +33,27 @@ pub struct Report {
 
 impl Report {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(Problem { path: path.into(), message: message.into() });
+        self.errors.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Problem { path: path.into(), message: message.into() });
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 }
 
 /// `parent.key`, or `key` at the top.
 pub fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 /// The TOML type name of a value, for "expected a string, found an integer".
@@ -95,7 +105,10 @@ pub struct Section<'a> {
 
 impl<'a> Section<'a> {
     pub fn new(table: &'a Table, path: impl Into<String>) -> Self {
-        Section { table, path: path.into() }
+        Section {
+            table,
+            path: path.into(),
+        }
     }
 
     pub fn key_path(&self, key: &str) -> String {
@@ -110,7 +123,10 @@ impl<'a> Section<'a> {
         match self.table.get(key)? {
             Value::String(s) => Some(s),
             other => {
-                report.error(self.key_path(key), format!("expected a string, found {}", type_name(other)));
+                report.error(
+                    self.key_path(key),
+                    format!("expected a string, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -120,7 +136,10 @@ impl<'a> Section<'a> {
         match self.table.get(key)? {
             Value::Boolean(b) => Some(*b),
             other => {
-                report.error(self.key_path(key), format!("expected true or false, found {}", type_name(other)));
+                report.error(
+                    self.key_path(key),
+                    format!("expected true or false, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -130,7 +149,10 @@ impl<'a> Section<'a> {
         match self.table.get(key)? {
             Value::Table(t) => Some(Section::new(t, self.key_path(key))),
             other => {
-                report.error(self.key_path(key), format!("expected a table, found {}", type_name(other)));
+                report.error(
+                    self.key_path(key),
+                    format!("expected a table, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -146,7 +168,10 @@ impl<'a> Section<'a> {
             }
             Ok(d) => Some(d),
             Err(e) => {
-                report.error(self.key_path(key), format!("invalid duration {s:?} ({e}); write e.g. \"40s\" or \"2m\""));
+                report.error(
+                    self.key_path(key),
+                    format!("invalid duration {s:?} ({e}); write e.g. \"40s\" or \"2m\""),
+                );
                 None
             }
         }
@@ -159,12 +184,21 @@ impl<'a> Section<'a> {
             Value::String(s) => match s.trim().parse::<bytesize::ByteSize>() {
                 Ok(b) => b.as_u64(),
                 Err(e) => {
-                    report.error(self.key_path(key), format!("invalid size {s:?} ({e}); write e.g. \"12MiB\""));
+                    report.error(
+                        self.key_path(key),
+                        format!("invalid size {s:?} ({e}); write e.g. \"12MiB\""),
+                    );
                     return None;
                 }
             },
             other => {
-                report.error(self.key_path(key), format!("expected a size such as \"12MiB\", found {}", type_name(other)));
+                report.error(
+                    self.key_path(key),
+                    format!(
+                        "expected a size such as \"12MiB\", found {}",
+                        type_name(other)
+                    ),
+                );
                 return None;
             }
         };
@@ -211,7 +245,9 @@ mod tests {
 
     #[test]
     fn sizes_and_durations_parse_with_units() {
-        let t: Table = toml::from_str("a = \"12MiB\"\nb = \"40s\"\nc = \"12 parsecs\"\nd = \"0s\"\ne = 1024").unwrap();
+        let t: Table =
+            toml::from_str("a = \"12MiB\"\nb = \"40s\"\nc = \"12 parsecs\"\nd = \"0s\"\ne = 1024")
+                .unwrap();
         let s = Section::new(&t, "server");
         let mut r = Report::default();
         assert_eq!(s.size(&mut r, "a"), Some(12 * 1024 * 1024));

@@ -46,11 +46,13 @@ fn hex_value(b: u8) -> Option<u8> {
 fn percent_decode_ascii(run: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < run.len() {
-        if run[i] == b'%' {
-            if let (Some(hi), Some(lo)) = (
+        if run[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
                 run.get(i + 1).copied().and_then(hex_value),
                 run.get(i + 2).copied().and_then(hex_value),
-            ) {
+            )
+        {
+            {
                 out.push(hi << 4 | lo);
                 i += 3;
                 continue;

@@ -180,7 +180,13 @@ impl CanonicalRequest {
         let payload_start = text.len();
         text.push_str(&payload_hash);
         let payload_hash = payload_start..text.len();
-        Ok(CanonicalRequest { text, uri, query, signed_headers, payload_hash })
+        Ok(CanonicalRequest {
+            text,
+            uri,
+            query,
+            signed_headers,
+            payload_hash,
+        })
     }
 
     /// The CanonicalURI line (`/v1/items/`).
@@ -234,7 +240,11 @@ impl StringToSign {
 
 impl fmt::Display for StringToSign {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{ALGORITHM}\n{}\n{}", self.date, self.canonical_request_hash)
+        write!(
+            f,
+            "{ALGORITHM}\n{}\n{}",
+            self.date, self.canonical_request_hash
+        )
     }
 }
 
@@ -294,7 +304,8 @@ pub fn parse_sdk_date(value: &str) -> Option<DateTime<Utc>> {
 }
 
 fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(msg);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -318,7 +329,13 @@ pub fn sign(
         canonical_request.signed_headers(),
         signature
     );
-    Ok(SigningOutput { date, authorization, signature, canonical_request, string_to_sign })
+    Ok(SigningOutput {
+        date,
+        authorization,
+        signature,
+        canonical_request,
+        string_to_sign,
+    })
 }
 
 /// The official SDK's rule for an automatic UNSIGNED-PAYLOAD (SPEC quirk 8):
@@ -345,7 +362,13 @@ mod tests {
 
     #[test]
     fn sdk_date_parse_is_strict() {
-        for bad in ["2024011T010203Z", "20240115t080910z", "20240115T080910", "20241315T080910Z", ""] {
+        for bad in [
+            "2024011T010203Z",
+            "20240115t080910z",
+            "20240115T080910",
+            "20241315T080910Z",
+            "",
+        ] {
             assert_eq!(parse_sdk_date(bad), None, "{bad:?}");
         }
     }

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method, Uri};
 
-use super::{AkSk, Payload, SignableRequest, SigningOutput, ALGORITHM, X_SDK_DATE};
+use super::{ALGORITHM, AkSk, Payload, SignableRequest, SigningOutput, X_SDK_DATE};
 
 /// The three fields of an `Authorization: SDK-HMAC-SHA256 …` header.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,8 +40,13 @@ pub enum VerifyError {
     DateOutOfWindow { skew_secs: i64, limit_secs: i64 },
     #[error("x-security-token does not match the credentials")]
     SecurityTokenMismatch,
-    #[error("signature mismatch; the server computed canonical request {canonical_request:?} and string to sign {string_to_sign:?}")]
-    SignatureMismatch { canonical_request: String, string_to_sign: String },
+    #[error(
+        "signature mismatch; the server computed canonical request {canonical_request:?} and string to sign {string_to_sign:?}"
+    )]
+    SignatureMismatch {
+        canonical_request: String,
+        string_to_sign: String,
+    },
 }
 
 /// Splits `SDK-HMAC-SHA256 Access=AK, SignedHeaders=a;b, Signature=hex`.
@@ -49,7 +54,9 @@ pub fn parse_authorization(value: &str) -> Result<ParsedAuthorization<'_>, Verif
     let rest = value
         .strip_prefix(ALGORITHM)
         .and_then(|r| r.strip_prefix(' '))
-        .ok_or(VerifyError::MalformedAuthorization("it does not start with \"SDK-HMAC-SHA256 \""))?;
+        .ok_or(VerifyError::MalformedAuthorization(
+            "it does not start with \"SDK-HMAC-SHA256 \"",
+        ))?;
     let mut access = None;
     let mut signed_headers = None;
     let mut signature = None;
@@ -68,9 +75,11 @@ pub fn parse_authorization(value: &str) -> Result<ParsedAuthorization<'_>, Verif
         }
     }
     match (access, signed_headers, signature) {
-        (Some(access), Some(signed_headers), Some(signature)) => {
-            Ok(ParsedAuthorization { access, signed_headers, signature })
-        }
+        (Some(access), Some(signed_headers), Some(signature)) => Ok(ParsedAuthorization {
+            access,
+            signed_headers,
+            signature,
+        }),
         _ => Err(VerifyError::MalformedAuthorization(
             "it needs Access, SignedHeaders and Signature",
         )),
@@ -95,7 +104,8 @@ pub fn verify(
         .to_str()
         .map_err(|_| VerifyError::MalformedAuthorization("it is not ASCII"))?;
     let auth = parse_authorization(auth)?;
-    let key = lookup(auth.access).ok_or_else(|| VerifyError::UnknownAccessKey(auth.access.to_owned()))?;
+    let key =
+        lookup(auth.access).ok_or_else(|| VerifyError::UnknownAccessKey(auth.access.to_owned()))?;
 
     let mut signed: Vec<(&str, &str)> = Vec::new();
     for name in auth.signed_headers.split(';') {
@@ -121,10 +131,16 @@ pub fn verify(
     let time = super::parse_sdk_date(date).ok_or_else(|| VerifyError::BadDate(date.to_owned()))?;
     let skew = (now - time).num_seconds();
     if skew.abs() > window.num_seconds() {
-        return Err(VerifyError::DateOutOfWindow { skew_secs: skew, limit_secs: window.num_seconds() });
+        return Err(VerifyError::DateOutOfWindow {
+            skew_secs: skew,
+            limit_secs: window.num_seconds(),
+        });
     }
     if let Some(token) = &key.security_token {
-        let sent = signed.iter().find(|(n, _)| *n == super::X_SECURITY_TOKEN).map(|(_, v)| *v);
+        let sent = signed
+            .iter()
+            .find(|(n, _)| *n == super::X_SECURITY_TOKEN)
+            .map(|(_, v)| *v);
         if sent != Some(token.expose()) {
             return Err(VerifyError::SecurityTokenMismatch);
         }
@@ -163,7 +179,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             a,
-            ParsedAuthorization { access: "AK1", signed_headers: "host;x-sdk-date", signature: "abcd" }
+            ParsedAuthorization {
+                access: "AK1",
+                signed_headers: "host;x-sdk-date",
+                signature: "abcd"
+            }
         );
     }
 
