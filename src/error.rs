@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 
 /// Any error a body or connection can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of everything the proxy sends and receives.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Marks a response as made by the proxy; the value is the error code.
 pub const ERROR_HEADER: &str = "x-modelarts-proxy-error";
@@ -91,7 +91,7 @@ impl ProxyError {
 pub fn full(data: impl Into<Bytes>) -> ProxyBody {
     Full::new(data.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// Renders an error and its causes as `outer: inner: innermost`, skipping

@@ -4,9 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod metrics;
+pub mod proxy;
 pub mod route;
 pub mod secret;
 pub mod signer;
