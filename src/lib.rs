@@ -4,12 +4,15 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod credentials;
+pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod secret;
+pub mod server;
 pub mod signer;

@@ -77,6 +77,16 @@ pub enum PayloadMode {
     Unsigned,
 }
 
+impl std::fmt::Display for PayloadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PayloadMode::Auto => "auto",
+            PayloadMode::Signed => "signed",
+            PayloadMode::Unsigned => "unsigned",
+        })
+    }
+}
+
 /// Where a route forwards to, kept exactly as written: the Host header and
 /// the signature carry the authority verbatim (SPEC quirk 12).
 #[derive(Clone, Debug, PartialEq, Eq)]
