@@ -441,7 +441,7 @@ where
             X_SDK_CONTENT_SHA256,
             HeaderValue::from_static(signer::UNSIGNED_PAYLOAD),
         );
-        let (body, empty) = stream_body(body, req.content_length).await?;
+        let (body, empty) = stream_body(body, req.content_length, route).await?;
         (body, empty.then(Bytes::new))
     } else {
         let bytes = body
@@ -517,6 +517,7 @@ where
 async fn stream_body<B>(
     mut body: Limited<B>,
     content_length: Option<u64>,
+    route: &Route,
 ) -> Result<(ProxyBody, bool), ProxyError>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -543,16 +544,7 @@ where
                     return Ok((Prefixed::new(data, body).boxed_unsync(), false));
                 }
             }
-            Some(Err(e)) => {
-                return Err(if e.downcast_ref::<LimitExceeded>().is_some() {
-                    ProxyError::BodyTooLarge {
-                        limit: 0,
-                        key: "max_body",
-                    }
-                } else {
-                    ProxyError::BadRequest(format!("reading the request body failed: {e}"))
-                });
-            }
+            Some(Err(e)) => return Err(body_error(&e, route)),
         }
     }
 }
