@@ -109,11 +109,19 @@ impl StandIn {
     }
 }
 
+/// Headers that carry a credential; echoed as `** redacted **`, since echo
+/// output gets pasted into tickets. (`Authorization` holds only a signature.)
+const REDACTED_HEADERS: &[&str] = &["x-security-token", "x-auth-token", "x-apig-appcode"];
+
 /// What the service received, as JSON.
 fn echo(parts: &http::request::Parts, body: &Bytes) -> serde_json::Value {
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {
-        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let v = if REDACTED_HEADERS.contains(&name.as_str()) {
+            "** redacted **".to_owned()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
         match headers.get_mut(name.as_str()) {
             Some(serde_json::Value::String(prev)) => {
                 prev.push_str(", ");

@@ -1,0 +1,339 @@
+//! The binary as users run it: exit codes, `check`, `run` flags, `dev`, and
+//! a full run at trace level whose logs and responses must never contain a
+//! secret.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelarts-proxy");
+const TOKEN: &str = "sts-TOKEN-Qw8-never-log-me";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("modelarts-proxy-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A command with a clean environment: no SDK credentials, an empty HOME.
+fn cmd(home: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("HOME", home)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+/// Spawns with piped stderr and stdout; lines arrive on the returned channels.
+fn spawn(mut c: Command) -> (Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
+    (child, out, err)
+}
+
+/// Waits for a line containing `marker`, collecting every line read into `seen`.
+fn wait_for(rx: &mpsc::Receiver<String>, marker: &str, seen: &mut Vec<String>) -> String {
+    let deadline = std::time::Instant::now() + TEST_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {marker:?}; saw:\n{}", seen.join("\n")));
+        seen.push(line.clone());
+        if line.contains(marker) {
+            return line;
+        }
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn check_reports_every_error_with_its_key_path_and_exits_78() {
+    let dir = temp_dir("check-bad");
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"0.0.0.0:8080\"\ntimeout = \"forever\"\n[[route]]\nupstream = \"https://h/\"\ncredentials = \"nope\"\n",
+    )
+    .unwrap();
+    let out = cmd(&dir)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "error: route[0].credentials: no [credentials.nope] table",
+        "error: server.listen: 0.0.0.0:8080 is not a loopback address",
+        "error: server.timeout: invalid duration \"forever\"",
+        "3 error(s) in ",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_accepts_a_good_config_and_summarises_routes() {
+    let dir = temp_dir("check-good");
+    let config = dir.join("good.toml");
+    std::fs::write(
+        &config,
+        format!("[[route]]\nupstream = \"https://h.example.com/v1/infers/x\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"),
+    )
+    .unwrap();
+    let out = cmd(&dir)
+        .env("TEST_AK", AK)
+        .env("TEST_SK", SK)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stdout.contains("route / -> https://h.example.com/v1/infers/x (aksk [credentials.test] from config keys)"), "{stdout}");
+    assert!(!stdout.contains(SK));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn usage_errors_exit_64_and_config_errors_78() {
+    let dir = temp_dir("usage");
+    let out = cmd(&dir).arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("run needs a config file (-c FILE) or an upstream (--upstream URL)")
+    );
+    let out = cmd(&dir).args(["run", "--no-such-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let out = cmd(&dir)
+        .args([
+            "run",
+            "--upstream",
+            "https://h/",
+            "--listen",
+            "0.0.0.0:8080",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: --listen: 0.0.0.0:8080 is not a loopback address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "error: --auth aksk: no AK/SK: HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK are not set"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_runs_the_whole_flow_with_no_cloud_account() {
+    let dir = temp_dir("dev");
+    let mut c = cmd(&dir);
+    c.args(["dev", "--listen", "127.0.0.1:0"]);
+    let (mut child, out, _err) = spawn(c);
+    let mut seen = Vec::new();
+    let line = tokio::task::spawn_blocking(move || wait_for(&out, "proxy:", &mut seen))
+        .await
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let req = request("POST", &format!("http://{addr}/"))
+        .header("content-type", "application/json")
+        .body(body("{\"prompt\":\"hello\"}"))
+        .unwrap();
+    let (parts, bytes) = send(req).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(json(&bytes)["verified"], true);
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_or_responses_even_at_trace_level() {
+    let dir = temp_dir("leak");
+    let upstream = stand_in().await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sk_file = dir.join("sk");
+    std::fs::write(&sk_file, format!("{SK}\n")).unwrap();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[[route]]
+prefix = "/"
+upstream = "http://{upstream}/v1/infers/svc"
+credentials = "main"
+[[route]]
+prefix = "/down"
+upstream = "http://{closed}/"
+credentials = "main"
+[[route]]
+prefix = "/small"
+upstream = "http://{upstream}/"
+credentials = "main"
+max_body = "16B"
+[[route]]
+prefix = "/wrong"
+upstream = "http://{upstream}/"
+credentials = "literal"
+[credentials.main]
+type = "aksk"
+access_key = {{ env = "TEST_AK" }}
+secret_key = {{ file = "{}" }}
+security_token = {{ env = "TEST_TOKEN" }}
+[credentials.literal]
+type = "aksk"
+access_key = "{AK}"
+secret_key = "{SK}-but-wrong"
+"#,
+            sk_file.display()
+        ),
+    )
+    .unwrap();
+    let mut c = cmd(&dir);
+    c.env("TEST_AK", AK)
+        .env("TEST_TOKEN", TOKEN)
+        .env("RUST_LOG", "trace")
+        .args(["run", "-c"])
+        .arg(&config);
+    let (mut child, _out, err) = spawn(c);
+    let (listen, admin, err, mut logs) = tokio::task::spawn_blocking(move || {
+        let mut logs = Vec::new();
+        let listen = wait_for(&err, "listening on http://", &mut logs);
+        let admin = wait_for(&err, "admin endpoints on http://", &mut logs);
+        (listen, admin, err, logs)
+    })
+    .await
+    .unwrap();
+    let addr = |line: &str| {
+        line.split("http://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (proxy, admin) = (addr(&listen), addr(&admin));
+
+    let mut bodies = Vec::new();
+    let cases = [
+        ("POST", "/predict", "application/json", 200),
+        ("PUT", "/file", "application/octet-stream", 200),
+        ("GET", "/down", "", 502),
+        ("POST", "/small", "application/json", 413),
+        ("GET", "/wrong", "", 401),
+    ];
+    for (method, path, ct, want) in cases {
+        let mut req = request(method, &format!("http://{proxy}{path}"))
+            .header("authorization", format!("Bearer {SK}"));
+        if !ct.is_empty() {
+            req = req.header("content-type", ct);
+        }
+        let (parts, bytes) =
+            send(req.body(body("{\"input\":\"0123456789abcdef\"}")).unwrap()).await;
+        assert_eq!(
+            parts.status.as_u16(),
+            want,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        bodies.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    let echoed = serde_json::from_str::<serde_json::Value>(&bodies[0]).unwrap();
+    assert_eq!(
+        echoed["headers"]["x-security-token"], "** redacted **",
+        "the token was sent (and the stand-in redacts it)"
+    );
+    bodies.push(
+        String::from_utf8_lossy(
+            &send(
+                request("GET", &format!("http://{admin}/metrics"))
+                    .body(body(""))
+                    .unwrap(),
+            )
+            .await
+            .1,
+        )
+        .into_owned(),
+    );
+
+    assert!(
+        terminate(&mut child).success(),
+        "the daemon exits 0 on SIGTERM"
+    );
+    logs.extend(err.iter());
+    let logs = logs.join("\n");
+    assert!(
+        logs.contains("modelarts_proxy::access"),
+        "access log lines are written"
+    );
+    assert!(
+        logs.contains("TRACE"),
+        "trace-level logging was on, so the search below means something"
+    );
+    for secret in [SK, TOKEN] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+        for b in &bodies {
+            assert!(!b.contains(secret), "a secret reached a response body: {b}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
