@@ -388,9 +388,12 @@ fn server(report: &mut Report, s: &Section<'_>) -> Server {
             Vec::new()
         }
     };
+    // The admin listener serves health and metrics only, no credentials, so it
+    // may bind beyond loopback (kubelet probes come from the node) without
+    // allow_remote, which would also open the proxy listener's guards.
     let admin_listen = s
         .str(report, "admin_listen")
-        .and_then(|a| address(report, &s.key_path("admin_listen"), a, allow_remote));
+        .and_then(|a| address(report, &s.key_path("admin_listen"), a, true));
     let max_body = s.size(report, "max_body").unwrap_or(d.max_body);
     if max_body > DEFAULT_MAX_BODY {
         report.warn(

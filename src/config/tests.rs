@@ -125,6 +125,14 @@ fn non_loopback_listen_needs_allow_remote() {
 }
 
 #[test]
+fn admin_listen_may_be_remote_without_opening_the_proxy_listener() {
+    let text = format!("[server]\nadmin_listen = \"0.0.0.0:9901\"\n{MINIMAL}");
+    let c = load(&text, &env()).unwrap().config;
+    assert_eq!(c.server.admin_listen, Some("0.0.0.0:9901".parse().unwrap()));
+    assert!(!c.server.allow_remote);
+}
+
+#[test]
 fn token_and_apikey_credentials_are_parsed_but_refused_as_not_yet_supported() {
     let errs = errors(
         r#"
