@@ -746,10 +746,7 @@ async fn dev(args: DevArgs) -> u8 {
         ak: key.access_key.clone(),
         sk: key.secret_key.expose().to_owned(),
     };
-    let state = match config::load(&text, &sources)
-        .map_err(|p| p)
-        .and_then(|v| State::build(v.config))
-    {
+    let state = match config::load(&text, &sources).and_then(|v| State::build(v.config)) {
         Ok(s) => s,
         Err(problems) => {
             print_problems(&problems, "the dev configuration");

@@ -337,3 +337,47 @@ secret_key = "{SK}-but-wrong"
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_sends_one_signed_request_per_route_and_reports_the_verdict() {
+    let dir = temp_dir("online");
+    let upstream = stand_in().await;
+    let config = dir.join("online.toml");
+    std::fs::write(
+        &config,
+        format!("[[route]]\nupstream = \"http://{upstream}/v1/infers/svc\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"),
+    )
+    .unwrap();
+    // Blocking on the child is fine: the stand-in serves from the other worker thread.
+    let check = |sk: &str| {
+        cmd(&dir)
+            .env("TEST_AK", AK)
+            .env("TEST_SK", sk)
+            .args(["check", "--online", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+
+    let out = check(SK);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("online: route /: ok, the upstream answered HTTP 200"),
+        "{stdout}"
+    );
+
+    let out = check("a-wrong-secret");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("online: route /: FAILED, HTTP 401") && stderr.contains("APIG.0301"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
