@@ -498,7 +498,10 @@ where
             headers: &pairs,
             payload,
         };
-        signer::sign(&signable, &creds.key, now).map_err(|_| ProxyError::Internal)?
+        creds
+            .signing_key
+            .sign(&signable, now)
+            .map_err(|_| ProxyError::Internal)?
     };
     headers.insert(
         X_SDK_DATE,

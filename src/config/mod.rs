@@ -18,7 +18,7 @@ use toml::Value;
 
 use crate::credentials::{self, SecretSource, Sources};
 use crate::secret::Secret;
-use crate::signer::AkSk;
+use crate::signer::{AkSk, SigningKey};
 use walk::{Problem, Report, Section, check_keys, type_name};
 
 /// The gateway rejects bodies over 12 MB (APIG "API Request Signing Guide").
@@ -129,9 +129,22 @@ pub enum Credentials {
 #[derive(Clone, Debug)]
 pub struct AkSkCredentials {
     pub key: AkSk,
+    /// The same key with its HMAC key schedule precomputed.
+    pub signing_key: SigningKey,
     /// Sent and signed as `X-Project-Id` when set.
     pub project_id: Option<String>,
     pub origin: String,
+}
+
+impl AkSkCredentials {
+    pub fn new(key: AkSk, project_id: Option<String>, origin: impl Into<String>) -> Self {
+        AkSkCredentials {
+            signing_key: SigningKey::new(&key),
+            key,
+            project_id,
+            origin: origin.into(),
+        }
+    }
 }
 
 /// How the proxy trusts upstream TLS certificates.
@@ -684,11 +697,11 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<A
             None
         }
         (Some("env"), None, false) => match credentials::from_sdk_chain(sources) {
-            Ok(found) => Some(AkSkCredentials {
-                key: found.key,
-                project_id: project_id.or(found.project_id),
-                origin: found.origin,
-            }),
+            Ok(found) => Some(AkSkCredentials::new(
+                found.key,
+                project_id.or(found.project_id),
+                found.origin,
+            )),
             Err(e) => {
                 report.error(s.key_path("source"), e);
                 None
@@ -710,15 +723,15 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<A
                 }
             };
             match credentials::parse_credentials_csv(&text) {
-                Ok((access_key, secret_key)) => Some(AkSkCredentials {
-                    key: AkSk {
+                Ok((access_key, secret_key)) => Some(AkSkCredentials::new(
+                    AkSk {
                         access_key,
                         secret_key,
                         security_token: None,
                     },
                     project_id,
-                    origin: format!("csv {path}"),
-                }),
+                    format!("csv {path}"),
+                )),
                 Err(e) => {
                     report.error(s.key_path("csv"), format!("{path}: {e}"));
                     None
@@ -736,15 +749,15 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<A
                 None => None,
             };
             let (ak, sk) = (ak?, sk?);
-            Some(AkSkCredentials {
-                key: AkSk {
+            Some(AkSkCredentials::new(
+                AkSk {
                     access_key: ak.expose().trim().to_owned(),
                     secret_key: sk,
                     security_token: token,
                 },
                 project_id,
-                origin: "config keys".to_owned(),
-            })
+                "config keys",
+            ))
         }
         _ => {
             report.error(

@@ -19,7 +19,7 @@ pub mod verify;
 use std::fmt;
 use std::ops::Range;
 
-use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
@@ -90,6 +90,8 @@ pub enum SigningError {
     MissingHost,
     #[error("a streamed body needs an x-sdk-content-sha256 header")]
     StreamingWithoutContentSha256,
+    #[error("x-sdk-date {0:?} is not YYYYMMDDTHHMMSSZ")]
+    BadDate(String),
 }
 
 /// Stage 1: the canonical request (SPEC §2.6). `Display` prints the exact text that is hashed.
@@ -113,7 +115,7 @@ impl CanonicalRequest {
         let mut has_date = false;
         let mut content_sha256 = None;
         for &(name, value) in req.headers {
-            if name.contains('_') {
+            if name.as_bytes().contains(&b'_') {
                 continue;
             }
             let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -138,12 +140,17 @@ impl CanonicalRequest {
         }
         headers.sort_by(|a, b| a.0.cmp(&b.0));
 
-        let payload_hash: std::borrow::Cow<'_, str> = match req.payload {
-            Payload::Bytes([]) => EMPTY_SHA256.into(),
-            _ if content_sha256.is_some() => content_sha256.unwrap_or_default().into(),
-            Payload::Bytes(body) => hex::encode(Sha256::digest(body)).into(),
-            Payload::Sha256Hex(hex) => hex.into(),
-            Payload::Streaming => return Err(SigningError::StreamingWithoutContentSha256),
+        /// The payload line: given text, or the body's SHA-256 (hashed straight into the text).
+        enum Line<'a> {
+            Text(&'a str),
+            HashOf(&'a [u8]),
+        }
+        let payload_line = match (req.payload, content_sha256) {
+            (Payload::Bytes([]), _) => Line::Text(EMPTY_SHA256),
+            (_, Some(value)) => Line::Text(value),
+            (Payload::Bytes(body), None) => Line::HashOf(body),
+            (Payload::Sha256Hex(hex), None) => Line::Text(hex),
+            (Payload::Streaming, None) => return Err(SigningError::StreamingWithoutContentSha256),
         };
 
         let mut text = String::with_capacity(256 + req.path.len() + req.query.map_or(0, str::len));
@@ -178,7 +185,10 @@ impl CanonicalRequest {
         let signed_headers = signed_start..text.len();
         text.push('\n');
         let payload_start = text.len();
-        text.push_str(&payload_hash);
+        match payload_line {
+            Line::Text(line) => text.push_str(line),
+            Line::HashOf(body) => hex_into(&Sha256::digest(body), &mut text),
+        }
         let payload_hash = payload_start..text.len();
         Ok(CanonicalRequest {
             text,
@@ -224,27 +234,41 @@ impl fmt::Display for CanonicalRequest {
 /// Stage 2: the string to sign (SPEC §2.7): three lines, no credential scope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StringToSign {
-    date: String,
-    canonical_request_hash: String,
+    text: String,
 }
 
 impl StringToSign {
     /// `"SDK-HMAC-SHA256\n" + date + "\n" + hex(SHA256(canonical_request))`.
     pub fn new(canonical_request: &CanonicalRequest, date: &str) -> Self {
-        StringToSign {
-            date: date.to_owned(),
-            canonical_request_hash: hex::encode(Sha256::digest(canonical_request.as_str())),
-        }
+        let mut text = String::with_capacity(ALGORITHM.len() + date.len() + 66);
+        text.push_str(ALGORITHM);
+        text.push('\n');
+        text.push_str(date);
+        text.push('\n');
+        hex_into(&Sha256::digest(canonical_request.as_str()), &mut text);
+        StringToSign { text }
+    }
+
+    /// The whole text, as signed.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 }
 
 impl fmt::Display for StringToSign {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{ALGORITHM}\n{}\n{}",
-            self.date, self.canonical_request_hash
-        )
+        f.write_str(&self.text)
+    }
+}
+
+/// Lower-case hex, appended to `out` (table lookup: `hex::encode` builds
+/// its string a character at a time and was a quarter of signing time).
+fn hex_into(bytes: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
     }
 }
 
@@ -263,29 +287,41 @@ pub struct SigningOutput {
 
 /// Formats a time as `X-Sdk-Date` does: `%Y%m%dT%H%M%SZ` in UTC.
 pub fn format_sdk_date(time: DateTime<Utc>) -> String {
+    // Integer civil-date arithmetic (H. Hinnant's days-to-civil): chrono's
+    // field accessors each recompute the date, a tenth of signing time.
+    let secs = time.timestamp();
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999);
     let mut s = String::with_capacity(16);
-    let year = time.year().clamp(0, 9999) as u32;
-    for (value, width) in [
-        (year, 4),
-        (time.month(), 2),
-        (time.day(), 2),
-        (u32::MAX, 0),
-        (time.hour(), 2),
-        (time.minute(), 2),
-        (time.second().min(59), 2),
-    ] {
-        if width == 0 {
-            s.push('T');
-            continue;
-        }
-        let mut div = 10u32.pow(width - 1);
-        while div > 0 {
-            s.push(char::from(b'0' + (value / div % 10) as u8));
-            div /= 10;
-        }
-    }
+    push_digits(&mut s, year, 4);
+    push_digits(&mut s, month, 2);
+    push_digits(&mut s, day, 2);
+    s.push('T');
+    push_digits(&mut s, sod / 3600, 2);
+    push_digits(&mut s, sod / 60 % 60, 2);
+    push_digits(&mut s, sod % 60, 2);
     s.push('Z');
     s
+}
+
+/// Appends `value` as exactly `width` (2 or 4) zero-padded decimal digits.
+/// Constant divisors: the compiler turns them into multiplications.
+fn push_digits(s: &mut String, value: i64, width: u32) {
+    let digit = |d: i64| char::from(b'0' + d as u8);
+    if width == 4 {
+        s.push(digit(value / 1000 % 10));
+        s.push(digit(value / 100 % 10));
+    }
+    s.push(digit(value / 10 % 10));
+    s.push(digit(value % 10));
 }
 
 /// Parses a strict `YYYYMMDDTHHMMSSZ` date, the only form this crate emits or accepts.
@@ -303,39 +339,94 @@ pub fn parse_sdk_date(value: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(msg);
-    hex::encode(mac.finalize().into_bytes())
+/// An AK/SK ready to sign with: the HMAC key schedule (the SK's inner and
+/// outer pad states) is computed once, not per request.
+#[derive(Clone)]
+pub struct SigningKey {
+    access_key: String,
+    mac: Hmac<Sha256>,
 }
 
-/// Signs `req` with `key` at `time`. Pure: no clock, no I/O.
+impl SigningKey {
+    pub fn new(key: &AkSk) -> Self {
+        SigningKey {
+            access_key: key.access_key.clone(),
+            mac: <Hmac<Sha256> as KeyInit>::new_from_slice(key.secret_key.expose().as_bytes())
+                .expect("HMAC takes a key of any length"),
+        }
+    }
+
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    /// Signs `req` at `time`. Pure: no clock, no I/O.
+    pub fn sign(
+        &self,
+        req: &SignableRequest<'_>,
+        time: DateTime<Utc>,
+    ) -> Result<SigningOutput, SigningError> {
+        let date = match req
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(X_SDK_DATE))
+        {
+            // A date the caller already put on the request is the one signed (the SDK parses it).
+            Some((_, value)) => {
+                let value = canonical::trim_header_value(value);
+                parse_sdk_date(value).ok_or_else(|| SigningError::BadDate(value.to_owned()))?;
+                value.to_owned()
+            }
+            None => format_sdk_date(time),
+        };
+        let canonical_request = CanonicalRequest::new(req, &date)?;
+        let string_to_sign = StringToSign::new(&canonical_request, &date);
+        let mut mac = self.mac.clone();
+        mac.update(string_to_sign.as_str().as_bytes());
+        let mut signature = String::with_capacity(64);
+        hex_into(&mac.finalize().into_bytes(), &mut signature);
+        let signed_headers = canonical_request.signed_headers();
+        let mut authorization = String::with_capacity(
+            ALGORITHM.len() + self.access_key.len() + signed_headers.len() + signature.len() + 40,
+        );
+        for part in [
+            ALGORITHM,
+            " Access=",
+            &self.access_key,
+            ", SignedHeaders=",
+            signed_headers,
+            ", Signature=",
+            &signature,
+        ] {
+            authorization.push_str(part);
+        }
+        Ok(SigningOutput {
+            date,
+            authorization,
+            signature,
+            canonical_request,
+            string_to_sign,
+        })
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"** redacted **")
+            .finish()
+    }
+}
+
+/// Signs `req` with `key` at `time`. Pure: no clock, no I/O. (The proxy keeps
+/// a [`SigningKey`] per credential instead, to skip the key schedule.)
 pub fn sign(
     req: &SignableRequest<'_>,
     key: &AkSk,
     time: DateTime<Utc>,
 ) -> Result<SigningOutput, SigningError> {
-    let date = format_sdk_date(time);
-    let canonical_request = CanonicalRequest::new(req, &date)?;
-    let string_to_sign = StringToSign::new(&canonical_request, &date);
-    let signature = hmac_hex(
-        key.secret_key.expose().as_bytes(),
-        string_to_sign.to_string().as_bytes(),
-    );
-    let authorization = format!(
-        "{ALGORITHM} Access={}, SignedHeaders={}, Signature={}",
-        key.access_key,
-        canonical_request.signed_headers(),
-        signature
-    );
-    Ok(SigningOutput {
-        date,
-        authorization,
-        signature,
-        canonical_request,
-        string_to_sign,
-    })
+    SigningKey::new(key).sign(req, time)
 }
 
 /// The official SDK's rule for an automatic UNSIGNED-PAYLOAD (SPEC quirk 8):
@@ -358,6 +449,28 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2024, 1, 15, 8, 9, 10).unwrap();
         assert_eq!(format_sdk_date(t), "20240115T080910Z");
         assert_eq!(parse_sdk_date("20240115T080910Z"), Some(t));
+    }
+
+    #[test]
+    fn sdk_date_formatting_matches_chrono_across_calendars() {
+        // Leap days, century rules, month ends, the epoch, and a sweep of days.
+        let mut times: Vec<i64> = vec![
+            0,
+            951_782_400,
+            951_868_799,
+            4_107_542_399,
+            1_709_164_800,
+            253_402_300_799,
+        ];
+        times.extend((0..3000).map(|i| 946_684_800 + i * 86_399 * 7));
+        for t in times {
+            let time = DateTime::from_timestamp(t, 0).unwrap();
+            assert_eq!(
+                format_sdk_date(time),
+                time.format("%Y%m%dT%H%M%SZ").to_string(),
+                "{t}"
+            );
+        }
     }
 
     #[test]
