@@ -18,6 +18,19 @@ use crate::proxy::{Shared, State};
 use crate::server::Daemon;
 use crate::signer::{self, Payload, SignableRequest};
 
+/// Where `-c` comes from when it is not given (handy in containers).
+pub const ENV_CONFIG: &str = "MODELARTS_PROXY_CONFIG";
+
+/// `-c FILE`, else `MODELARTS_PROXY_CONFIG`. Read here rather than by clap, so
+/// a set variable does not collide with `run --upstream`.
+fn config_path(flag: &Option<PathBuf>) -> Option<PathBuf> {
+    flag.clone().or_else(|| {
+        std::env::var_os(ENV_CONFIG)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 /// Exit code for bad usage (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code for a bad configuration (sysexits EX_CONFIG).
@@ -58,12 +71,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Config file (TOML).
-    #[arg(
-        short = 'c',
-        long = "config",
-        env = "MODELARTS_PROXY_CONFIG",
-        value_name = "FILE"
-    )]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Upstream URL for a single route "/" (instead of a config file).
     #[arg(long, conflicts_with = "config", value_name = "URL")]
@@ -90,13 +98,8 @@ enum Auth {
 
 #[derive(clap::Args, Debug)]
 struct CheckArgs {
-    #[arg(
-        short = 'c',
-        long = "config",
-        env = "MODELARTS_PROXY_CONFIG",
-        value_name = "FILE"
-    )]
-    config: PathBuf,
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Also send one signed request through each route and report the upstream's answer.
     #[arg(long)]
     online: bool,
@@ -254,7 +257,12 @@ fn flag_problem(mut p: Problem) -> Problem {
 }
 
 async fn run(args: RunArgs) -> u8 {
-    let (validated, origin) = match (&args.config, &args.upstream) {
+    // Flags win over MODELARTS_PROXY_CONFIG; `-c` with `--upstream` is refused by clap.
+    let config_file = match &args.upstream {
+        Some(_) => None,
+        None => config_path(&args.config),
+    };
+    let (validated, origin) = match (&config_file, &args.upstream) {
         (Some(path), _) => (load_file(path), path.display().to_string()),
         (None, Some(upstream)) => (
             config::validate(&flags_config(&args, upstream), &System)
@@ -287,7 +295,7 @@ async fn run(args: RunArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    serve(state, args.config).await
+    serve(state, config_file).await
 }
 
 /// Binds, logs what is served, reloads on SIGHUP, drains on SIGTERM / Ctrl-C.
@@ -418,8 +426,12 @@ pub fn reload(shared: &Shared, path: &Path) -> bool {
 }
 
 async fn check(args: CheckArgs) -> u8 {
-    let origin = args.config.display().to_string();
-    let validated = match load_file(&args.config) {
+    let Some(path) = config_path(&args.config) else {
+        eprintln!("error: check needs a config file: -c FILE (or {ENV_CONFIG})");
+        return EXIT_USAGE;
+    };
+    let origin = path.display().to_string();
+    let validated = match load_file(&path) {
         Ok(v) => v,
         Err(problems) => {
             print_problems(&problems, &origin);
@@ -593,7 +605,13 @@ fn sign_command(
     let usage = |m: String| (EXIT_USAGE, m);
     let (scheme, authority, path, query) = split_url(&args.url).map_err(usage)?;
     let method = args.method.to_ascii_uppercase();
-    let (key, project_id) = match &args.config {
+    let config = args.config.clone().or_else(|| {
+        sources
+            .env(ENV_CONFIG)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let (key, project_id) = match &config {
         None => {
             let found = credentials::from_sdk_chain(sources).map_err(|e| (EXIT_CONFIG, e))?;
             (found.key, found.project_id)
@@ -639,6 +657,11 @@ fn sign_command(
         let (name, value) = h
             .split_once(':')
             .ok_or_else(|| usage(format!("header {h:?} is not \"Name: value\"")))?;
+        if name.trim().eq_ignore_ascii_case("authorization") {
+            return Err(usage(
+                "sign makes the Authorization header itself; remove -H 'Authorization: …'".into(),
+            ));
+        }
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
     let has = |hs: &[(String, String)], n: &str| hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
@@ -706,13 +729,13 @@ fn sign_command(
         m => curl.push_str(&format!(" -X {m}")),
     }
     curl.push_str(&format!(" {}", shell_quote(&url)));
+    // A date given with -H is the one signed (and sent once).
+    let date = (!has(&headers, "x-sdk-date")).then_some(("X-Sdk-Date", out.date.as_str()));
     for (k, v) in headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain([
-            ("X-Sdk-Date", out.date.as_str()),
-            ("Authorization", out.authorization.as_str()),
-        ])
+        .chain(date)
+        .chain([("Authorization", out.authorization.as_str())])
     {
         curl.push_str(&format!(" \\\n  -H {}", shell_quote(&format!("{k}: {v}"))));
     }
@@ -721,7 +744,8 @@ fn sign_command(
     }
     let debug = format!(
         "# canonical request:\n{}\n# string to sign:\n{}\n# (the X-Sdk-Date is valid for 15 minutes)",
-        out.canonical_request, out.string_to_sign
+        out.canonical_request.redacted(),
+        out.string_to_sign
     );
     Ok((curl, debug))
 }

@@ -28,6 +28,11 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64, key: &'static str },
     #[error("no response head from the upstream within {} (timeout)", humantime::format_duration(*.0))]
     UpstreamTimeout(Duration),
+    #[error(
+        "the client did not send its request body within {} (timeout)",
+        humantime::format_duration(*.0)
+    )]
+    RequestTimeout(Duration),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -48,6 +53,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::CredentialsUnavailable(_) => "credentials_unavailable",
             ProxyError::NoRoute { .. } => "no_route",
@@ -61,6 +67,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::CredentialsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,

@@ -80,7 +80,6 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
@@ -182,24 +181,61 @@ fn check_target<B>(req: &Request<B>, server: &Server) -> Result<(), ProxyError> 
         )));
     }
     if !server.allow_remote {
-        let host = match req.uri().authority() {
-            Some(a) => Some(a.host().to_owned()),
-            None => req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .map(|a| a.host().to_owned()),
-        };
-        if let Some(host) = host
-            && !is_loopback_name(&host)
-            && !is_ip_literal(&host)
-        {
-            return Err(ProxyError::ForbiddenClient(format!(
-                "Host {host:?} is refused: with server.allow_remote = false only localhost and IP \
-                 addresses are accepted, which protects against DNS rebinding"
-            )));
-        }
+        check_browser_and_host(req.uri(), req.headers())?;
+    }
+    Ok(())
+}
+
+/// With `allow_remote = false` the proxy serves this machine's programs, not
+/// web pages: a page could otherwise make the browser spend the user's
+/// credentials (a cross-site "simple" request, or DNS rebinding).
+fn check_browser_and_host(uri: &Uri, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let host = match uri.authority() {
+        Some(a) => Some(a.host().to_owned()),
+        None => match headers.get(header::HOST) {
+            None => None,
+            Some(h) => Some(
+                h.to_str()
+                    .ok()
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .map(|a| a.host().to_owned())
+                    .ok_or_else(|| {
+                        ProxyError::ForbiddenClient(
+                            "the Host header is not a valid host[:port]".to_owned(),
+                        )
+                    })?,
+            ),
+        },
+    };
+    if let Some(host) = host
+        && !is_loopback_name(&host)
+        && !is_ip_literal(&host)
+    {
+        return Err(ProxyError::ForbiddenClient(format!(
+            "Host {host:?} is refused: with server.allow_remote = false only localhost and IP \
+             addresses are accepted, which protects against DNS rebinding"
+        )));
+    }
+    // A browser names the page's origin on cross-origin requests; only pages
+    // served from this machine may use the proxy.
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("(invalid)"));
+    let loopback_origin = origin.is_some_and(|o| {
+        o.parse::<Uri>()
+            .ok()
+            .and_then(|u| u.host().map(is_loopback_name))
+            .unwrap_or(false)
+    });
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if (origin.is_some() || cross_site) && !loopback_origin {
+        return Err(ProxyError::ForbiddenClient(format!(
+            "cross-site browser request refused (Origin {}): web pages may not use the proxy's \
+             credentials; pages served from localhost may",
+            origin.unwrap_or("absent")
+        )));
     }
     Ok(())
 }
@@ -245,7 +281,12 @@ where
     let body = Limited::new(body, route.max_body);
     let tripped = body.tripped();
 
-    let exchange = async {
+    // One deadline for the whole exchange, as the gateway has. Reading the
+    // client's body (to hash it, or to see whether it is empty) is timed
+    // apart from waiting on the upstream, so a stalled upload is a 408 and not
+    // blamed on the upstream.
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let prepare = async {
         let path_and_query =
             upstream_path_and_query(&route.upstream.base_path, rest, parts.uri.query());
         let uri = Uri::builder()
@@ -278,19 +319,30 @@ where
                 sign_aksk(prepared, &mut headers, body, route, creds, now).await?
             }
         };
+        // hyper writes no body at all for a GET/HEAD whose length it does not
+        // know; saying "chunked" explicitly makes it send what was signed.
+        if !body.is_end_stream()
+            && body.size_hint().exact().is_none()
+            && !headers.contains_key(header::CONTENT_LENGTH)
+        {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
-        state
-            .client
-            .request(upstream_req)
-            .await
-            .map_err(|e| classify_upstream_error(&e, &tripped, route))
+        Ok::<_, ProxyError>(upstream_req)
     };
-    let deadline = tokio::time::Instant::now() + route.timeout;
-    let response = match tokio::time::timeout_at(deadline, exchange).await {
+    let upstream_req = match tokio::time::timeout_at(deadline, prepare).await {
         Ok(result) => result?,
+        Err(_elapsed) => return Err(ProxyError::RequestTimeout(route.timeout)),
+    };
+    let exchange = state.client.request(upstream_req);
+    let response = match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(result) => result.map_err(|e| classify_upstream_error(&e, &tripped, route))?,
         Err(_elapsed) => return Err(ProxyError::UpstreamTimeout(route.timeout)),
     };
     let (mut parts, body) = response.into_parts();

@@ -242,6 +242,7 @@ security_token = {{ env = "TEST_TOKEN" }}
 type = "aksk"
 access_key = "{AK}"
 secret_key = "{SK}-but-wrong"
+security_token = {{ env = "TEST_TOKEN" }}
 "#,
             sk_file.display()
         ),

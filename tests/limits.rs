@@ -387,3 +387,41 @@ async fn reload_swaps_a_good_config_and_keeps_the_old_one_on_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_upload_gets_408_and_the_upstream_sees_nothing() {
+    let seen = Arc::new(Seen::default());
+    let upstream = counting_upstream(seen.clone()).await;
+    let proxy = start_proxy(&format!(
+        "[server]\ntimeout = \"300ms\"\n[[route]]\nupstream = \"http://{upstream}/\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
+    ))
+    .await;
+    // Promises 10 bytes of JSON, sends 4, then waits: the body must be read to be hashed.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"a\"";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        TEST_DEADLINE,
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(
+        resp.contains("x-modelarts-proxy-error: request_timeout"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("the client did not send its request body within 300ms"),
+        "{resp}"
+    );
+    assert_eq!(
+        seen.complete.load(Ordering::SeqCst) + seen.incomplete.load(Ordering::SeqCst),
+        0
+    );
+}

@@ -535,6 +535,12 @@ fn route(
                 report.error(path, "is not a valid header name");
                 continue;
             };
+            if hn.as_str().contains('_') {
+                report.warn(
+                    &path,
+                    "is sent but not signed: the official SDK skips header names containing '_' (use '-')",
+                );
+            }
             if RESERVED_HEADERS.contains(&hn.as_str()) {
                 report.error(path, "is set by the proxy itself and cannot be configured");
                 continue;

@@ -261,3 +261,18 @@ fn config_debug_output_never_shows_secrets() {
     assert!(!debug.contains("sk-secret-value"), "{debug}");
     assert!(debug.contains("** redacted **"));
 }
+
+#[test]
+fn route_header_names_with_underscores_warn_that_they_are_not_signed() {
+    let text = MINIMAL.replace(
+        "credentials = \"default\"",
+        "credentials = \"default\"\nheaders = { \"x_stage\" = \"a\" }",
+    );
+    let v = load(&text, &env()).unwrap();
+    let warnings: Vec<String> = v.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("route[0].headers.x_stage: is sent but not signed"),
+        "{warnings:?}"
+    );
+}

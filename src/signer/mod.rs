@@ -67,8 +67,8 @@ pub enum Payload<'a> {
     Streaming,
 }
 
-/// A request as it will be sent on the wire.
-#[derive(Clone, Copy, Debug)]
+/// A request as it will be sent on the wire. `Debug` hides a security token.
+#[derive(Clone, Copy)]
 pub struct SignableRequest<'a> {
     /// Upper-cased only inside the canonical request.
     pub method: &'a str,
@@ -83,6 +83,29 @@ pub struct SignableRequest<'a> {
     pub payload: Payload<'a>,
 }
 
+impl fmt::Debug for SignableRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|&(n, v)| {
+                if n.eq_ignore_ascii_case(X_SECURITY_TOKEN) {
+                    (n, "** redacted **")
+                } else {
+                    (n, v)
+                }
+            })
+            .collect();
+        f.debug_struct("SignableRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("headers", &headers)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
 /// Why a request cannot be signed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SigningError {
@@ -94,8 +117,10 @@ pub enum SigningError {
     BadDate(String),
 }
 
-/// Stage 1: the canonical request (SPEC §2.6). `Display` prints the exact text that is hashed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Stage 1: the canonical request (SPEC §2.6). `Display` prints the exact
+/// text that is hashed; `Debug` and [`CanonicalRequest::redacted`] hide the
+/// security token it may hold.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CanonicalRequest {
     text: String,
     uri: Range<usize>,
@@ -222,6 +247,31 @@ impl CanonicalRequest {
     /// The whole text, as hashed.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The text with the `x-security-token` value replaced, safe to log or show.
+    pub fn redacted(&self) -> String {
+        self.text
+            .split('\n')
+            .map(|line| {
+                match line
+                    .strip_prefix(X_SECURITY_TOKEN)
+                    .and_then(|r| r.strip_prefix(':'))
+                {
+                    Some(_) => "x-security-token:** redacted **",
+                    None => line,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl fmt::Debug for CanonicalRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CanonicalRequest")
+            .field(&self.redacted())
+            .finish()
     }
 }
 
@@ -443,6 +493,94 @@ pub fn sdk_auto_unsigned(content_type: Option<&str>) -> bool {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn debug_output_hides_the_security_token() {
+        let headers = [("host", "h"), ("X-Security-Token", "sts-secret-token")];
+        let req = SignableRequest {
+            method: "GET",
+            path: "/",
+            query: None,
+            headers: &headers,
+            payload: Payload::Bytes(b""),
+        };
+        let key = AkSk {
+            access_key: "AK".into(),
+            secret_key: Secret::new("sk-secret"),
+            security_token: None,
+        };
+        let out = sign(
+            &req,
+            &key,
+            Utc.with_ymd_and_hms(2024, 1, 15, 8, 9, 10).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            out.canonical_request
+                .to_string()
+                .contains("x-security-token:sts-secret-token"),
+            "Display is the exact text"
+        );
+        for text in [
+            format!("{req:?}"),
+            format!("{out:?}"),
+            out.canonical_request.redacted(),
+            format!("{:?}", SigningKey::new(&key)),
+        ] {
+            assert!(
+                !text.contains("sts-secret-token") && !text.contains("sk-secret"),
+                "{text}"
+            );
+        }
+        assert!(
+            out.canonical_request
+                .redacted()
+                .contains("x-security-token:** redacted **")
+        );
+    }
+
+    #[test]
+    fn a_date_already_on_the_request_is_the_one_signed() {
+        let headers = [("host", "h"), ("X-Sdk-Date", "20240115T080910Z")];
+        let req = SignableRequest {
+            method: "GET",
+            path: "/",
+            query: None,
+            headers: &headers,
+            payload: Payload::Bytes(b""),
+        };
+        let key = AkSk {
+            access_key: "AK".into(),
+            secret_key: Secret::new("sk"),
+            security_token: None,
+        };
+        let out = sign(
+            &req,
+            &key,
+            Utc.with_ymd_and_hms(2030, 6, 1, 0, 0, 0).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out.date, "20240115T080910Z");
+        assert!(
+            out.string_to_sign
+                .to_string()
+                .starts_with("SDK-HMAC-SHA256\n20240115T080910Z\n")
+        );
+        assert!(
+            out.canonical_request
+                .to_string()
+                .contains("x-sdk-date:20240115T080910Z\n")
+        );
+        let bad = [("host", "h"), ("x-sdk-date", "2024-01-15")];
+        let req = SignableRequest {
+            headers: &bad,
+            ..req
+        };
+        assert_eq!(
+            sign(&req, &key, Utc::now()).unwrap_err(),
+            SigningError::BadDate("2024-01-15".into())
+        );
+    }
 
     #[test]
     fn sdk_date_round_trips() {

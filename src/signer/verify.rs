@@ -156,7 +156,7 @@ pub fn verify(
     let out = super::sign(&req, &key, time).map_err(|_| VerifyError::MustBeSigned("host"))?;
     if !constant_time_eq(out.signature.as_bytes(), auth.signature.as_bytes()) {
         return Err(VerifyError::SignatureMismatch {
-            canonical_request: out.canonical_request.to_string(),
+            canonical_request: out.canonical_request.redacted(),
             string_to_sign: out.string_to_sign.to_string(),
         });
     }
