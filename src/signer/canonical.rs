@@ -5,8 +5,19 @@
 use std::borrow::Cow;
 
 /// Bytes `quote(s, safe='~')` leaves as they are: `A-Z a-z 0-9 _ . - ~`.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'~');
+        b += 1;
+    }
+    table
+};
+
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~')
+    UNRESERVED[b as usize]
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
