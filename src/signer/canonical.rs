@@ -5,31 +5,38 @@
 use std::borrow::Cow;
 
 /// Bytes `quote(s, safe='~')` leaves as they are: `A-Z a-z 0-9 _ . - ~`.
-const UNRESERVED: [bool; 256] = {
+/// With `SLASH`, `/` is kept too: quoting a whole path that way is the same
+/// as splitting it on `/`, quoting each segment and joining them again.
+const fn unreserved_table(slash: bool) -> [bool; 256] {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'~');
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'_' | b'.' | b'-' | b'~')
+            || (slash && c == b'/');
         b += 1;
     }
     table
-};
-
-fn is_unreserved(b: u8) -> bool {
-    UNRESERVED[b as usize]
 }
+
+const UNRESERVED: [bool; 256] = unreserved_table(false);
+const UNRESERVED_OR_SLASH: [bool; 256] = unreserved_table(true);
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// `urllib.parse.quote(s, safe='~')`: UTF-8, every byte but the unreserved
 /// ones as `%XX` with upper-case hex. Appends to `out`.
 pub fn quote_into(s: &str, out: &mut String) {
+    quote_with(s, out, &UNRESERVED);
+}
+
+fn quote_with(s: &str, out: &mut String, keep: &[bool; 256]) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if !is_unreserved(b) {
-            // A non-empty run of unreserved (ASCII) bytes starts on a char
+        if !keep[b as usize] {
+            // A non-empty run of kept (ASCII) bytes starts on a char
             // boundary; an empty one may sit inside a multi-byte character.
             if start < i {
                 out.push_str(&s[start..i]);
@@ -40,7 +47,9 @@ pub fn quote_into(s: &str, out: &mut String) {
             start = i + 1;
         }
     }
-    out.push_str(&s[start..]);
+    if start < bytes.len() {
+        out.push_str(&s[start..]);
+    }
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -78,7 +87,7 @@ fn percent_decode_ascii(run: &[u8], out: &mut Vec<u8>) {
 /// are percent-decoded and read as UTF-8 with U+FFFD for invalid sequences;
 /// non-ASCII characters pass through. `+` is **not** a space.
 pub fn unquote(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
+    if !s.bytes().any(|b| b == b'%') {
         return Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
@@ -112,12 +121,7 @@ pub fn unquote(s: &str) -> Cow<'_, str> {
 pub fn canonical_uri_into(path: &str, out: &mut String) {
     let start = out.len();
     let decoded = unquote(path);
-    for (i, segment) in decoded.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        quote_into(segment, out);
-    }
+    quote_with(&decoded, out, &UNRESERVED_OR_SLASH);
     if out.len() == start || !out.ends_with('/') {
         out.push('/');
     }
@@ -127,16 +131,28 @@ pub fn canonical_uri_into(path: &str, out: &mut String) {
 /// each part on the first `=`, `unquote` both sides (no `+` → space), a part
 /// without `=` gets the value `""`, parts with an empty key are dropped.
 pub fn parse_query(raw: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    raw.split('&')
-        .filter_map(|part| {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            if k.is_empty() {
-                None
-            } else {
-                Some((unquote(k), unquote(v)))
-            }
-        })
-        .collect()
+    // Byte scans rather than `str::split`: queries are short, and `&` and `=`
+    // are ASCII, so every cut is on a char boundary.
+    let position = |s: &str, byte: u8| s.bytes().position(|b| b == byte);
+    let mut pairs = Vec::with_capacity(raw.bytes().filter(|&b| b == b'&').count() + 1);
+    let mut rest = raw;
+    loop {
+        let (part, next) = match position(rest, b'&') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (k, v) = match position(part, b'=') {
+            Some(i) => (&part[..i], &part[i + 1..]),
+            None => (part, ""),
+        };
+        if !k.is_empty() {
+            pairs.push((unquote(k), unquote(v)));
+        }
+        match next {
+            Some(n) => rest = n,
+            None => return pairs,
+        }
+    }
 }
 
 /// CanonicalQueryString (SPEC §2.6, quirks 3–5): pairs sorted on the decoded

@@ -314,12 +314,21 @@ impl fmt::Display for StringToSign {
 /// Lower-case hex, appended to `out` (table lookup: `hex::encode` builds
 /// its string a character at a time and was a quarter of signing time).
 fn hex_into(bytes: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Every byte's two lower-case hex digits.
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut table = [[0u8; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = [HEX[b >> 4], HEX[b & 0xf]];
+            b += 1;
+        }
+        table
+    };
     let mut buf = [0u8; 64];
     for chunk in bytes.chunks(32) {
         for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
-            pair[0] = HEX[(b >> 4) as usize];
-            pair[1] = HEX[(b & 0xf) as usize];
+            pair.copy_from_slice(&PAIRS[*b as usize]);
         }
         // ASCII: the validation is a fast path, and there is no unsafe here.
         out.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).expect("hex digits are ASCII"));
