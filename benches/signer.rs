@@ -121,6 +121,22 @@ fn sha256(c: &mut Criterion) {
     let mut group = c.benchmark_group("sha256");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("1mib", |b| b.iter(|| Sha256::digest(black_box(&body))));
+    // ring (already in the tree through rustls) as a second implementation.
+    group.bench_function("1mib_ring", |b| {
+        b.iter(|| ring::digest::digest(&ring::digest::SHA256, black_box(&body)))
+    });
+    group.finish();
+
+    // The memory-bandwidth yardstick: copying the same 1 MiB.
+    let mut group = c.benchmark_group("memory");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let mut dst = vec![0u8; body.len()];
+    group.bench_function("copy_1mib", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&body));
+            black_box(&dst);
+        })
+    });
     group.finish();
 }
 
