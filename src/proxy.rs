@@ -73,7 +73,7 @@ impl Shared {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -86,7 +86,7 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Client headers that carry or shape credentials: removed so a client can
 /// never confuse the signature or smuggle its own credential (DESIGN §6).
-const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
+pub const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
     "x-auth-token",
     "x-sdk-date",

@@ -218,26 +218,13 @@ const TOKEN_KEYS: &[&str] = &[
 ];
 const APIKEY_KEYS: &[&str] = &["type", "app_code", "header", "prefix"];
 
-/// Headers the proxy owns; a route may not set them.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "authorization",
-    "x-auth-token",
-    "x-sdk-date",
-    "x-security-token",
-    "x-apig-appcode",
-    "x-sdk-content-sha256",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
+/// Headers the proxy owns; a route may not set them: the client credential
+/// headers it strips, the hop-by-hop headers, and the framing it controls.
+fn is_reserved_header(name: &str) -> bool {
+    matches!(name, "host" | "content-length")
+        || crate::proxy::CLIENT_CREDENTIAL_HEADERS.contains(&name)
+        || crate::proxy::HOP_BY_HOP.contains(&name)
+}
 
 /// Parses and validates a config file's text. `sources` reads the
 /// environment and files that secrets refer to.
@@ -541,7 +528,7 @@ fn route(
                     "is sent but not signed: the official SDK skips header names containing '_' (use '-')",
                 );
             }
-            if RESERVED_HEADERS.contains(&hn.as_str()) {
+            if is_reserved_header(hn.as_str()) {
                 report.error(path, "is set by the proxy itself and cannot be configured");
                 continue;
             }
