@@ -3,6 +3,7 @@
 //! bound for a ModelArts real-time service behind API Gateway.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod client;
