@@ -315,6 +315,25 @@ async fn serve(state: State, config_path: Option<PathBuf>) -> u8 {
     0
 }
 
+/// `[credentials.NAME] AK/SK from …, payload auto` or `no authentication`.
+fn describe_auth(route: &config::Route, config: &config::Config) -> String {
+    match route
+        .credentials
+        .as_ref()
+        .and_then(|n| config.credentials.get(n).map(|c| (n, c)))
+    {
+        None => "no authentication".to_owned(),
+        Some((name, c @ (Credentials::AkSk(_) | Credentials::Metadata(_)))) => {
+            format!(
+                "[credentials.{name}] {}, payload {}",
+                c.describe(),
+                route.payload
+            )
+        }
+        Some((name, c)) => format!("[credentials.{name}] {}", c.describe()),
+    }
+}
+
 fn log_startup(daemon: &Daemon) {
     let shared = daemon.shared();
     let state = shared.state.load();
@@ -325,19 +344,7 @@ fn log_startup(daemon: &Daemon) {
         tracing::info!("admin endpoints on http://{addr} (/healthz /readyz /metrics)");
     }
     for route in &state.config.routes {
-        let auth = match route
-            .credentials
-            .as_ref()
-            .and_then(|n| state.config.credentials.get(n).map(|c| (n, c)))
-        {
-            None => "no authentication".to_owned(),
-            Some((name, Credentials::AkSk(c))) => {
-                format!(
-                    "AK/SK [credentials.{name}] from {}, payload {}",
-                    c.origin, route.payload
-                )
-            }
-        };
+        let auth = describe_auth(route, &state.config);
         tracing::info!(
             "route {} -> {} ({auth})",
             route.prefix,
@@ -388,7 +395,8 @@ pub fn reload(shared: &Shared, path: &Path) -> bool {
         for w in &v.warnings {
             tracing::warn!("config: {w}");
         }
-        State::build(v.config)
+        let old = shared.state.load();
+        State::build_with(v.config, old.runtime(Arc::new(System)), Some(&old))
     });
     let result = match outcome {
         Ok(state) => {
@@ -446,32 +454,33 @@ async fn check(args: CheckArgs) -> u8 {
         .routes
         .iter()
         .map(|r| {
-            let auth = match r
-                .credentials
-                .as_ref()
-                .and_then(|n| config.credentials.get(n).map(|c| (n, c)))
-            {
-                None => "no authentication".to_owned(),
-                Some((name, Credentials::AkSk(c))) => {
-                    format!("aksk [credentials.{name}] from {}", c.origin)
-                }
-            };
+            let auth = describe_auth(r, &config);
             format!("  route {} -> {} ({auth})", r.prefix, r.upstream.url())
         })
         .collect();
-    let state = match State::build(config) {
-        Ok(s) => s,
-        Err(problems) => {
-            print_problems(&problems, &origin);
-            return EXIT_CONFIG;
-        }
-    };
+    // Offline: the TLS settings are checked, nothing is fetched.
+    if let Err(message) = crate::client::build(&config.upstream_tls) {
+        print_problems(
+            &[Problem {
+                path: "upstream_tls.ca_file".to_owned(),
+                message,
+            }],
+            &origin,
+        );
+        return EXIT_CONFIG;
+    }
     println!("{origin}: ok");
     for line in &summary {
         println!("{line}");
     }
     if args.online {
-        return check_online(state).await;
+        return match State::build(config) {
+            Ok(state) => check_online(state).await,
+            Err(problems) => {
+                print_problems(&problems, &origin);
+                EXIT_CONFIG
+            }
+        };
     }
     0
 }
@@ -480,6 +489,35 @@ async fn check(args: CheckArgs) -> u8 {
 /// and reports what the upstream answered. A gateway authentication error
 /// (APIG.0301 …) or an unreachable upstream fails the check.
 async fn check_online(mut state: State) -> u8 {
+    let mut failed = 0;
+    // Expiring credentials first: each must be fetched within its max_wait.
+    let mut names: Vec<&String> = state.providers.keys().collect();
+    names.sort();
+    for name in names {
+        let result = match &state.providers[name] {
+            crate::auth::Provider::Token { token, max_wait } => token
+                .get(*max_wait)
+                .await
+                .map(|t| format!("IAM token valid until {}", t.expires_at.to_rfc3339())),
+            crate::auth::Provider::Metadata { creds, max_wait } => {
+                creds.get(*max_wait).await.map(|c| {
+                    format!(
+                        "temporary AK/SK {} valid until {}",
+                        c.value.key.access_key,
+                        c.expires_at.to_rfc3339()
+                    )
+                })
+            }
+            _ => continue,
+        };
+        match result {
+            Ok(ok) => println!("online: [credentials.{name}]: ok, {ok}"),
+            Err(e) => {
+                eprintln!("online: [credentials.{name}]: FAILED: {e}");
+                failed += 1;
+            }
+        }
+    }
     state.config.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     state.config.server.admin_listen = None;
     let prefixes: Vec<String> = state
@@ -502,7 +540,6 @@ async fn check_online(mut state: State) -> u8 {
     }));
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let mut failed = 0;
     for prefix in prefixes {
         let uri: http::Uri = match format!("http://{addr}{prefix}").parse() {
             Ok(u) => u,
@@ -641,7 +678,13 @@ fn sign_command(
                     .ok_or_else(|| usage("no route's upstream matches the URL; pick credentials with --credentials NAME".into()))?,
             };
             match v.config.credentials.get(&name) {
-                Some(Credentials::AkSk(c)) => (c.key.clone(), c.project_id.clone()),
+                Some(Credentials::AkSk(c)) => (c.current.key.clone(), c.current.project_id.clone()),
+                Some(other) => {
+                    return Err(usage(format!(
+                        "[credentials.{name}] is {}; sign needs AK/SK credentials",
+                        other.describe()
+                    )));
+                }
                 None => {
                     return Err(usage(format!(
                         "no [credentials.{name}] in {}",

@@ -2,14 +2,27 @@
 //! verifies AK/SK signatures the way the gateway does (±15 min clock window)
 //! and echoes what it received, so the whole flow can be tried, and tested,
 //! with no cloud account.
+//!
+//! It can also play, on the same address:
+//! - IAM ([`StandIn::with_iam`]): `POST /v3/auth/tokens` with the password
+//!   method issues `MII…` tokens that the service then accepts in `X-Auth-Token`;
+//! - APIG app authentication ([`StandIn::with_app_codes`]): `X-Apig-AppCode`;
+//! - the ECS metadata service ([`StandIn::with_metadata`]):
+//!   `GET /openstack/latest/securitykey` issues temporary AK/SK + security token.
+//!
+//! Time (token and temporary-key expiry, the signature window) comes only
+//! from the injected clock, so tests can move it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use chrono::{DateTime, Utc};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,10 +35,16 @@ use crate::error::{ProxyBody, full};
 use crate::proxy::Clock;
 use crate::secret::Secret;
 use crate::signer::AkSk;
-use crate::signer::verify::{VerifyError, verify};
+use crate::signer::verify::{VerifyError, parse_authorization, verify};
 
 /// The gateway rejects an `X-Sdk-Date` more than 15 minutes from its clock.
 pub const DATE_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
+
+/// IAM's token endpoint.
+pub const IAM_TOKENS_PATH: &str = "/v3/auth/tokens";
+
+/// The ECS metadata service's temporary-credentials endpoint.
+pub const METADATA_SECURITYKEY_PATH: &str = "/openstack/latest/securitykey";
 
 /// The stand-in reads bodies up to this size (above the gateway's 12 MB, so
 /// the proxy's own limit is what tests see).
@@ -34,10 +53,108 @@ const STAND_IN_MAX_BODY: usize = 64 * 1024 * 1024;
 /// Bodies up to this size are echoed back as text.
 const ECHO_BODY_LIMIT: usize = 4096;
 
+/// IAM's and the metadata service's time format: UTC, microseconds, `Z`.
+const HUAWEI_TIME: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
+/// Letters and digits; the first 36 are upper case and digits.
+const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// URL-safe base64 characters (64: a byte modulo 64 is unbiased).
+const URL_SAFE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// The stand-in IAM's one user and one project.
+#[derive(Clone, Debug)]
+pub struct StandInIam {
+    pub user: String,
+    pub password: Secret,
+    /// The account (domain) name.
+    pub domain: String,
+    /// The project name a token may be scoped to (e.g. `cn-north-4`).
+    pub project: String,
+    /// The same project, by id.
+    pub project_id: String,
+    /// How long an issued token is valid (IAM: 24 h).
+    pub token_lifetime: Duration,
+    /// Total length of an issued token, `MII` included (IAM's are several KB).
+    pub token_size: usize,
+}
+
+/// Counters, switches and hooks shared with a running stand-in; get them
+/// with [`StandIn::stats`] before spawning.
+#[derive(Default)]
+pub struct StandInStats {
+    /// Requests to `POST /v3/auth/tokens` (any outcome, also while down).
+    pub iam_calls: AtomicUsize,
+    /// Requests to `/openstack/latest/securitykey` (any outcome, also while down).
+    pub metadata_calls: AtomicUsize,
+    /// While true, IAM answers 503.
+    pub iam_down: AtomicBool,
+    /// While true, the metadata service answers 503.
+    pub metadata_down: AtomicBool,
+    /// Service requests answered 200 (any credential).
+    pub accepted: AtomicUsize,
+    /// Service requests answered 401.
+    pub rejected: AtomicUsize,
+    /// Every token IAM issued, oldest first (also after expiry or revocation).
+    pub issued_tokens: Mutex<Vec<Secret>>,
+    /// Every temporary credential the metadata service issued, oldest first.
+    pub issued_credentials: Mutex<Vec<AkSk>>,
+    /// Live tokens: SHA-256 (hex) of the token → expiry.
+    tokens: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Temporary credentials: access key → (credentials, expiry).
+    temporary: Mutex<HashMap<String, (AkSk, DateTime<Utc>)>>,
+}
+
+impl StandInStats {
+    /// Forgets every issued token: the service answers them with APIG.0301
+    /// from now on (as after a password change).
+    pub fn revoke_all_tokens(&self) {
+        lock(&self.tokens).clear();
+    }
+
+    /// Forgets every temporary credential (as if the agency were removed).
+    pub fn revoke_all_credentials(&self) {
+        lock(&self.temporary).clear();
+    }
+
+    /// How many tokens IAM has issued.
+    pub fn tokens_issued(&self) -> usize {
+        lock(&self.issued_tokens).len()
+    }
+
+    /// The most recently issued token, if any.
+    pub fn last_token(&self) -> Option<Secret> {
+        lock(&self.issued_tokens).last().cloned()
+    }
+}
+
+impl std::fmt::Debug for StandInStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandInStats")
+            .field("iam_calls", &self.iam_calls)
+            .field("metadata_calls", &self.metadata_calls)
+            .field("iam_down", &self.iam_down)
+            .field("metadata_down", &self.metadata_down)
+            .field("accepted", &self.accepted)
+            .field("rejected", &self.rejected)
+            .field("tokens_issued", &self.tokens_issued())
+            .field("credentials_issued", &lock(&self.issued_credentials).len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A stand-in real-time service.
 pub struct StandIn {
     keys: HashMap<String, AkSk>,
     clock: Clock,
+    iam: Option<StandInIam>,
+    app_codes: Vec<Secret>,
+    metadata: Option<Duration>,
+    stats: Arc<StandInStats>,
 }
 
 impl StandIn {
@@ -49,7 +166,37 @@ impl StandIn {
                 .map(|k| (k.access_key.clone(), k))
                 .collect(),
             clock,
+            iam: None,
+            app_codes: Vec::new(),
+            metadata: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Also plays IAM on `POST /v3/auth/tokens`; the service accepts the
+    /// tokens it issues (in `X-Auth-Token`) until they expire.
+    pub fn with_iam(mut self, iam: StandInIam) -> Self {
+        self.iam = Some(iam);
+        self
+    }
+
+    /// The service also accepts any of `codes` in `X-Apig-AppCode`.
+    pub fn with_app_codes(mut self, codes: Vec<Secret>) -> Self {
+        self.app_codes = codes;
+        self
+    }
+
+    /// Also plays the ECS metadata service on `GET /openstack/latest/securitykey`:
+    /// each call issues fresh temporary AK/SK + security token, valid for
+    /// `lifetime`, which the service accepts until they expire.
+    pub fn with_metadata(mut self, lifetime: Duration) -> Self {
+        self.metadata = Some(lifetime);
+        self
+    }
+
+    /// Counters, switches and hooks, shared with the running stand-in.
+    pub fn stats(&self) -> Arc<StandInStats> {
+        self.stats.clone()
     }
 
     /// Serves on `listener` until the task is dropped.
@@ -93,19 +240,388 @@ impl StandIn {
                 );
             }
         };
-        let lookup = |ak: &str| self.keys.get(ak).cloned();
-        match verify(
+        match (parts.uri.path(), &self.iam, self.metadata) {
+            (IAM_TOKENS_PATH, Some(iam), _) => self.iam(iam, &parts, &body),
+            (METADATA_SECURITYKEY_PATH, _, Some(lifetime)) => self.metadata(lifetime, &parts),
+            _ => self.service(&parts, &body),
+        }
+    }
+
+    /// `POST /v3/auth/tokens`, password method, project scope.
+    fn iam(
+        &self,
+        iam: &StandInIam,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Response<ProxyBody> {
+        self.stats.iam_calls.fetch_add(1, Ordering::SeqCst);
+        if self.stats.iam_down.load(Ordering::SeqCst) {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": {"code": 503, "message": "Service Unavailable"}}),
+            );
+        }
+        if parts.method != Method::POST {
+            return iam_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "The stand-in IAM issues tokens with POST only.",
+            );
+        }
+        let Some(req) = PasswordAuth::parse(body) else {
+            return iam_error(StatusCode::BAD_REQUEST, "The request body is invalid");
+        };
+        let credentials_ok = req.user == iam.user
+            && constant_time_eq(
+                req.password.expose().as_bytes(),
+                iam.password.expose().as_bytes(),
+            )
+            && req.domain == iam.domain;
+        if !credentials_ok {
+            return iam_error(
+                StatusCode::UNAUTHORIZED,
+                "The username or password is wrong.",
+            );
+        }
+        let project_ok = match &req.project {
+            Scope::Name(n) => *n == iam.project,
+            Scope::Id(id) => *id == iam.project_id,
+        };
+        if !project_ok {
+            let which = match &req.project {
+                Scope::Name(n) => format!("name {n:?}"),
+                Scope::Id(id) => format!("id {id:?}"),
+            };
+            let message = format!(
+                "The project with {which} does not exist in domain {:?}.",
+                iam.domain
+            );
+            // The project fields are the client's text; never echo a password pasted there.
+            let message = scrub(&message, &[iam.password.expose(), req.password.expose()]);
+            return iam_error(StatusCode::BAD_REQUEST, &message);
+        }
+
+        let now = (self.clock)();
+        let expires_at = add(now, iam.token_lifetime);
+        let token = format!(
+            "MII{}",
+            random_string(iam.token_size.saturating_sub(3), URL_SAFE)
+        );
+        lock(&self.stats.tokens).insert(token_key(&token), expires_at);
+        lock(&self.stats.issued_tokens).push(Secret::new(token.clone()));
+
+        let domain = serde_json::json!({"id": fake_id("domain", &iam.domain), "name": iam.domain});
+        let mut body = serde_json::json!({
+            "token": {
+                "expires_at": expires_at.format(HUAWEI_TIME).to_string(),
+                "issued_at": now.format(HUAWEI_TIME).to_string(),
+                "methods": ["password"],
+                "project": {"id": iam.project_id, "name": iam.project, "domain": domain},
+                "user": {
+                    "id": fake_id("user", &iam.user),
+                    "name": iam.user,
+                    "domain": domain,
+                    "password_expires_at": "",
+                },
+                "roles": [{"id": "0", "name": "op_service"}],
+            }
+        });
+        let nocatalog = parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "nocatalog=true"));
+        if !nocatalog {
+            body["token"]["catalog"] = serde_json::json!([]);
+        }
+        let mut resp = json(StatusCode::CREATED, body);
+        let mut value =
+            HeaderValue::from_str(&token).expect("URL-safe characters are a valid header value");
+        value.set_sensitive(true);
+        resp.headers_mut().insert("x-subject-token", value);
+        resp
+    }
+
+    /// `GET /openstack/latest/securitykey`: fresh temporary credentials.
+    fn metadata(&self, lifetime: Duration, parts: &http::request::Parts) -> Response<ProxyBody> {
+        self.stats.metadata_calls.fetch_add(1, Ordering::SeqCst);
+        if self.stats.metadata_down.load(Ordering::SeqCst) {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": {"code": 503, "message": "Service Unavailable"}}),
+            );
+        }
+        if parts.method != Method::GET {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": {"code": 405, "message": "Method Not Allowed"}}),
+            );
+        }
+        let expires_at = add((self.clock)(), lifetime);
+        let key = AkSk {
+            access_key: random_string(20, &ALPHANUMERIC[..36]),
+            secret_key: Secret::new(random_string(40, ALPHANUMERIC)),
+            security_token: Some(Secret::new(format!(
+                "gQpjbi1ub3J0aC00{}",
+                random_string(600, URL_SAFE)
+            ))),
+        };
+        let body = serde_json::json!({
+            "credential": {
+                "access": key.access_key,
+                "secret": key.secret_key.expose(),
+                "securitytoken": key.security_token.as_ref().map(Secret::expose),
+                "expires_at": expires_at.format(HUAWEI_TIME).to_string(),
+            }
+        });
+        lock(&self.stats.temporary).insert(key.access_key.clone(), (key.clone(), expires_at));
+        lock(&self.stats.issued_credentials).push(key);
+        json(StatusCode::OK, body)
+    }
+
+    /// Any other path: the real-time service. Accepts a valid AK/SK
+    /// signature, an unexpired token from the stand-in IAM, or an app code.
+    fn service(&self, parts: &http::request::Parts, body: &Bytes) -> Response<ProxyBody> {
+        let now = (self.clock)();
+        let headers = &parts.headers;
+        let mut refusals = Vec::new();
+        let mut accepted = None;
+        if headers.contains_key(header::AUTHORIZATION) {
+            match self.check_aksk(parts, body, now) {
+                Ok(()) => accepted = Some(Auth::AkSk),
+                Err(r) => refusals.push(r),
+            }
+        }
+        if accepted.is_none()
+            && let Some(token) = headers.get("x-auth-token")
+        {
+            match self.check_token(token, now) {
+                Ok(()) => accepted = Some(Auth::Token),
+                Err(r) => refusals.push(r),
+            }
+        }
+        if accepted.is_none()
+            && let Some(code) = headers.get("x-apig-appcode")
+        {
+            let valid = self
+                .app_codes
+                .iter()
+                .any(|c| constant_time_eq(c.expose().as_bytes(), code.as_bytes()));
+            if valid {
+                accepted = Some(Auth::ApiKey);
+            } else {
+                refusals.push(Refusal {
+                    credential: "X-Apig-AppCode",
+                    code: "APIG.0303",
+                    reason: "the app code is not one of this API's app codes".into(),
+                });
+            }
+        }
+        match accepted {
+            Some(auth) => {
+                self.stats.accepted.fetch_add(1, Ordering::SeqCst);
+                json(StatusCode::OK, echo(parts, body, auth))
+            }
+            None => {
+                self.stats.rejected.fetch_add(1, Ordering::SeqCst);
+                rejection(parts, &refusals)
+            }
+        }
+    }
+
+    fn check_aksk(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        let refuse = |reason: String| Refusal {
+            credential: "Authorization",
+            code: "APIG.0301",
+            reason,
+        };
+        // An expired temporary key is refused as such, whatever its signature.
+        let access = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_authorization(v).ok())
+            .map(|a| a.access.to_owned());
+        if let Some(access) = access
+            && !self.keys.contains_key(&access)
+            && let Some((_, expires_at)) = lock(&self.stats.temporary).get(&access)
+            && now >= *expires_at
+        {
+            return Err(refuse(format!(
+                "temporary credentials expired (access key {access} expired at {})",
+                expires_at.format(HUAWEI_TIME)
+            )));
+        }
+        let lookup = |ak: &str| {
+            self.keys
+                .get(ak)
+                .cloned()
+                .or_else(|| lock(&self.stats.temporary).get(ak).map(|(k, _)| k.clone()))
+        };
+        verify(
             &parts.method,
             &parts.uri,
             &parts.headers,
-            &body,
+            body,
             lookup,
-            (self.clock)(),
+            now,
             DATE_WINDOW,
-        ) {
-            Ok(_) => json(StatusCode::OK, echo(&parts, &body)),
-            Err(e) => rejection(&e),
+        )
+        .map(|_| ())
+        .map_err(|e| refuse(verify_reason(&e)))
+    }
+
+    fn check_token(&self, token: &HeaderValue, now: DateTime<Utc>) -> Result<(), Refusal> {
+        let expires_at = lock(&self.stats.tokens)
+            .get(&token_key_bytes(token.as_bytes()))
+            .copied();
+        match expires_at {
+            Some(t) if now < t => Ok(()),
+            Some(t) => Err(Refusal {
+                credential: "X-Auth-Token",
+                code: "APIG.0307",
+                reason: format!("the token expired at {}", t.format(HUAWEI_TIME)),
+            }),
+            None => Err(Refusal {
+                credential: "X-Auth-Token",
+                code: "APIG.0301",
+                reason: "the token is not one the stand-in IAM issued, or it was revoked".into(),
+            }),
         }
+    }
+}
+
+/// How the service authenticated a request.
+#[derive(Clone, Copy)]
+enum Auth {
+    AkSk,
+    Token,
+    ApiKey,
+}
+
+/// Why one credential on a request was refused.
+struct Refusal {
+    /// The header that carried it.
+    credential: &'static str,
+    /// The gateway's error code.
+    code: &'static str,
+    /// Safe to show: never the credential itself.
+    reason: String,
+}
+
+/// The password method of `POST /v3/auth/tokens`.
+struct PasswordAuth {
+    user: String,
+    password: Secret,
+    domain: String,
+    project: Scope,
+}
+
+enum Scope {
+    Name(String),
+    Id(String),
+}
+
+impl PasswordAuth {
+    /// `None` for anything IAM would call an invalid body. (Owned strings:
+    /// a password with a `"` or `\\` arrives escaped and cannot be borrowed.)
+    fn parse(body: &[u8]) -> Option<PasswordAuth> {
+        #[derive(serde::Deserialize)]
+        struct Root {
+            auth: AuthBody,
+        }
+        #[derive(serde::Deserialize)]
+        struct AuthBody {
+            identity: Identity,
+            scope: ScopeBody,
+        }
+        #[derive(serde::Deserialize)]
+        struct Identity {
+            methods: Vec<String>,
+            password: PasswordBody,
+        }
+        #[derive(serde::Deserialize)]
+        struct PasswordBody {
+            user: User,
+        }
+        #[derive(serde::Deserialize)]
+        struct User {
+            name: String,
+            password: String,
+            domain: Named,
+        }
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct ScopeBody {
+            project: Project,
+        }
+        #[derive(serde::Deserialize)]
+        struct Project {
+            name: Option<String>,
+            id: Option<String>,
+        }
+        let Root { auth } = serde_json::from_slice(body).ok()?;
+        if !auth.identity.methods.iter().any(|m| m == "password") {
+            return None;
+        }
+        let project = match (auth.scope.project.name, auth.scope.project.id) {
+            (_, Some(id)) => Scope::Id(id),
+            (Some(name), None) => Scope::Name(name),
+            (None, None) => return None,
+        };
+        let user = auth.identity.password.user;
+        Some(PasswordAuth {
+            user: user.name,
+            password: Secret::new(user.password),
+            domain: user.domain.name,
+            project,
+        })
+    }
+}
+
+/// IAM's error body: `{"error":{"code","message","title"}}`.
+fn iam_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    json(
+        status,
+        serde_json::json!({"error": {
+            "code": status.as_u16(),
+            "message": message,
+            "title": status.canonical_reason().unwrap_or(""),
+        }}),
+    )
+}
+
+/// The `VerifyError` text, with any credential header's value taken out of
+/// the canonical request it may quote.
+fn verify_reason(err: &VerifyError) -> String {
+    match err {
+        VerifyError::SignatureMismatch {
+            canonical_request,
+            string_to_sign,
+        } => {
+            let canonical_request = canonical_request
+                .split('\n')
+                .map(|line| match line.split_once(':') {
+                    Some((name, _)) if REDACTED_HEADERS.contains(&name) => {
+                        format!("{name}:** redacted **")
+                    }
+                    _ => line.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            VerifyError::SignatureMismatch {
+                canonical_request,
+                string_to_sign: string_to_sign.clone(),
+            }
+            .to_string()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -114,7 +630,7 @@ impl StandIn {
 const REDACTED_HEADERS: &[&str] = &["x-security-token", "x-auth-token", "x-apig-appcode"];
 
 /// What the service received, as JSON.
-fn echo(parts: &http::request::Parts, body: &Bytes) -> serde_json::Value {
+fn echo(parts: &http::request::Parts, body: &Bytes, auth: Auth) -> serde_json::Value {
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {
         let v = if REDACTED_HEADERS.contains(&name.as_str()) {
@@ -135,8 +651,14 @@ fn echo(parts: &http::request::Parts, body: &Bytes) -> serde_json::Value {
     let text = std::str::from_utf8(body)
         .ok()
         .filter(|t| t.len() <= ECHO_BODY_LIMIT);
+    let (verified, auth) = match auth {
+        Auth::AkSk => (serde_json::Value::Bool(true), "aksk"),
+        Auth::Token => ("token".into(), "token"),
+        Auth::ApiKey => ("apikey".into(), "apikey"),
+    };
     serde_json::json!({
-        "verified": true,
+        "verified": verified,
+        "auth": auth,
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
@@ -147,15 +669,56 @@ fn echo(parts: &http::request::Parts, body: &Bytes) -> serde_json::Value {
     })
 }
 
-/// The gateway's answer to a bad signature, with the reason spelled out.
-fn rejection(err: &VerifyError) -> Response<ProxyBody> {
+/// The gateway's 401: the first refused credential's code, and every reason.
+fn rejection(parts: &http::request::Parts, refusals: &[Refusal]) -> Response<ProxyBody> {
+    let (code, reason) = match refusals {
+        [] => (
+            "APIG.0301",
+            "no Authorization, X-Auth-Token or X-Apig-AppCode".to_owned(),
+        ),
+        // One credential: its reason alone (the AK/SK text is what it always was).
+        [one] if one.credential == "Authorization" => (one.code, one.reason.clone()),
+        [one] => (one.code, format!("{}: {}", one.credential, one.reason)),
+        [first, ..] => (
+            first.code,
+            refusals
+                .iter()
+                .map(|r| format!("{}: {}", r.credential, r.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    let summary = match code {
+        "APIG.0307" => "Token must be updated",
+        "APIG.0303" => "Incorrect app authentication information",
+        _ => "Incorrect IAM authentication information",
+    };
+    // Belt and braces: no credential the client sent may come back.
+    let sent: Vec<&str> = REDACTED_HEADERS
+        .iter()
+        .flat_map(|h| parts.headers.get_all(*h))
+        .filter_map(|v| v.to_str().ok())
+        // Shorter ones would garble the message, and appear in no reason.
+        .filter(|v| v.len() >= 8)
+        .collect();
+    let message = scrub(&format!("{summary}: {reason}"), &sent);
     json(
         StatusCode::UNAUTHORIZED,
         serde_json::json!({
-            "error_code": "APIG.0301",
-            "error_msg": format!("Incorrect IAM authentication information: {err}"),
+            "error_code": code,
+            "error_msg": message,
+            "request_id": random_string(32, b"0123456789abcdef"),
         }),
     )
+}
+
+/// `text` with each of `secrets` replaced.
+fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(s, "** redacted **");
+    }
+    text
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
@@ -168,19 +731,46 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
     resp
 }
 
+/// `time + d`, saturating.
+fn add(time: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| time.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Tokens are remembered by hash, so nothing in memory prints them.
+fn token_key(token: &str) -> String {
+    token_key_bytes(token.as_bytes())
+}
+
+fn token_key_bytes(token: &[u8]) -> String {
+    hex::encode(Sha256::digest(token))
+}
+
+/// A stable 32-hex-digit id for a name, as IAM's ids look.
+fn fake_id(kind: &str, name: &str) -> String {
+    hex::encode(&Sha256::digest(format!("{kind}:{name}"))[..16])
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `n` random characters from `alphabet` (at most 256 characters long).
+fn random_string(n: usize, alphabet: &[u8]) -> String {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    buf.iter()
+        .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+        .collect()
+}
+
 /// A random demo key pair: `DEMO` + 16 characters, and a 40-character secret.
 pub fn demo_key() -> AkSk {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz";
-    let random = |n: usize, alphabet: &[u8]| {
-        let mut buf = vec![0u8; n];
-        getrandom::fill(&mut buf).expect("the OS random source is available");
-        buf.iter()
-            .map(|b| alphabet[*b as usize % alphabet.len()] as char)
-            .collect::<String>()
-    };
     AkSk {
-        access_key: format!("DEMO{}", random(16, &ALPHABET[..36])),
-        secret_key: Secret::new(random(40, ALPHABET)),
+        access_key: format!("DEMO{}", random_string(16, &ALPHANUMERIC[..36])),
+        secret_key: Secret::new(random_string(40, ALPHANUMERIC)),
         security_token: None,
     }
 }

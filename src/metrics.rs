@@ -31,6 +31,19 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// The `[credentials.NAME]` name.
+    pub credentials: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialResultLabels {
+    pub credentials: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -43,6 +56,9 @@ pub struct Metrics {
     pub upstream_latency: Family<RouteLabels, Histogram>,
     pub in_flight: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
+    pub credential_refreshes: Family<CredentialResultLabels, Counter>,
+    pub credential_expiry: Family<CredentialLabels, Gauge>,
+    pub credential_replays: Family<CredentialLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +103,24 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let credential_refreshes = Family::<CredentialResultLabels, Counter>::default();
+        registry.register(
+            "credential_refreshes",
+            "Fetches of expiring credentials (IAM tokens, ECS temporary keys), by result",
+            credential_refreshes.clone(),
+        );
+        let credential_expiry = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the current expiring credential expires (Unix time)",
+            credential_expiry.clone(),
+        );
+        let credential_replays = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "credential_replays",
+            "Requests replayed once with a renewed token after the upstream answered 401",
+            credential_replays.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -94,6 +128,9 @@ impl Metrics {
             upstream_latency,
             in_flight,
             reloads,
+            credential_refreshes,
+            credential_expiry,
+            credential_replays,
         }
     }
 
@@ -127,6 +164,27 @@ impl Metrics {
                     .observe(head_after.as_secs_f64());
             }
         }
+    }
+
+    pub fn credential_fetched(&self, credentials: &str, expires_at_unix: i64) {
+        let labels = CredentialResultLabels {
+            credentials: credentials.to_owned(),
+            result: "ok".to_owned(),
+        };
+        self.credential_refreshes.get_or_create(&labels).inc();
+        self.credential_expiry
+            .get_or_create(&CredentialLabels {
+                credentials: credentials.to_owned(),
+            })
+            .set(expires_at_unix);
+    }
+
+    pub fn credential_failed(&self, credentials: &str) {
+        let labels = CredentialResultLabels {
+            credentials: credentials.to_owned(),
+            result: "error".to_owned(),
+        };
+        self.credential_refreshes.get_or_create(&labels).inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -12,9 +12,10 @@
 //! ```
 //! Every failure is a [`ProxyError`], turned into a response in one place.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,10 +25,12 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 
+use crate::auth::{self, Provider};
 use crate::body::{LimitExceeded, Limited, Prefixed};
 use crate::client::HttpClient;
 use crate::config::walk::Problem;
 use crate::config::{AkSkCredentials, Config, Credentials, PayloadMode, Route, Server};
+use crate::credentials::{Sources, System};
 use crate::error::{BoxError, ProxyBody, ProxyError, chain};
 use crate::metrics::Metrics;
 use crate::route::{match_route, upstream_path_and_query};
@@ -40,34 +43,121 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct State {
     pub config: Config,
     pub client: HttpClient,
+    /// One per `[credentials.NAME]`.
+    pub providers: HashMap<String, Provider>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+/// What outlives a reload: metrics, the clock, and where secrets are read from.
+#[derive(Clone)]
+pub struct Runtime {
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub sources: Arc<dyn Sources>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            metrics: Arc::new(Metrics::new()),
+            clock: Arc::new(Utc::now),
+            sources: Arc::new(System),
+        }
+    }
 }
 
 impl State {
-    /// Builds the runtime state for a validated config (the TLS client may fail).
+    /// Builds the runtime state for a validated config (needs a Tokio runtime:
+    /// expiring credentials start fetching at once).
     pub fn build(config: Config) -> Result<State, Vec<Problem>> {
+        Self::build_with(config, Runtime::default(), None)
+    }
+
+    /// As [`State::build`], keeping `runtime`, and reusing from `previous` the
+    /// expiring credentials whose configuration did not change (a reload does
+    /// not cost an IAM call).
+    pub fn build_with(
+        config: Config,
+        runtime: Runtime,
+        previous: Option<&State>,
+    ) -> Result<State, Vec<Problem>> {
         let client = crate::client::build(&config.upstream_tls).map_err(|message| {
             vec![Problem {
                 path: "upstream_tls.ca_file".to_owned(),
                 message,
             }]
         })?;
-        Ok(State { config, client })
+        let cx = auth::Context {
+            client: client.clone(),
+            sources: runtime.sources.clone(),
+            clock: runtime.clock.clone(),
+            metrics: runtime.metrics.clone(),
+        };
+        let mut providers = HashMap::new();
+        for (name, spec) in &config.credentials {
+            let reusable = previous
+                .filter(|p| p.config.upstream_tls == config.upstream_tls)
+                .and_then(|p| {
+                    let same = match (p.config.credentials.get(name)?, spec) {
+                        (Credentials::Token(a), Credentials::Token(b)) => a == b,
+                        (Credentials::Metadata(a), Credentials::Metadata(b)) => a == b,
+                        _ => false,
+                    };
+                    same.then(|| p.providers.get(name).cloned()).flatten()
+                });
+            let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx));
+            providers.insert(name.clone(), provider);
+        }
+        Ok(State {
+            config,
+            client,
+            providers,
+            metrics: runtime.metrics,
+            clock: runtime.clock,
+        })
+    }
+
+    /// What survives a reload of this state.
+    pub fn runtime(&self, sources: Arc<dyn Sources>) -> Runtime {
+        Runtime {
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            sources,
+        }
+    }
+
+    /// Ready when every expiring credential has been fetched. The reasons otherwise.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let reasons: Vec<String> = self
+            .providers
+            .iter()
+            .filter_map(|(name, p)| {
+                p.not_ready_reason()
+                    .map(|r| format!("[credentials.{name}]: {r}"))
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 }
 
 /// Shared by every connection.
 pub struct Shared {
     pub state: ArcSwap<State>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub clock: Clock,
 }
 
 impl Shared {
     pub fn new(state: State) -> Self {
         Shared {
+            metrics: state.metrics.clone(),
+            clock: state.clock.clone(),
             state: ArcSwap::from_pointee(state),
-            metrics: Metrics::new(),
-            clock: Arc::new(Utc::now),
         }
     }
 }
@@ -304,19 +394,57 @@ where
         for (name, value) in &route.headers {
             headers.insert(name.clone(), value.clone());
         }
-        let credentials = route
+        let provider = route
             .credentials
             .as_ref()
-            .and_then(|name| state.config.credentials.get(name));
-        let body = match credentials {
+            .and_then(|name| state.providers.get(name));
+        // Waiting for a first credential is bounded by its max_wait and by
+        // this request's deadline (so it ends as a 503, not a 408).
+        let wait = |max: Duration| {
+            max.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        let unavailable = ProxyError::CredentialsUnavailable;
+        let prepared = Prepared {
+            method: &parts.method,
+            uri: &uri,
+            content_length,
+        };
+        let mut replay = None;
+        let body = match provider {
             None => body.boxed_unsync(),
-            Some(Credentials::AkSk(creds)) => {
-                let prepared = Prepared {
-                    method: &parts.method,
-                    uri: &uri,
-                    content_length,
-                };
-                sign_aksk(prepared, &mut headers, body, route, creds, now).await?
+            Some(Provider::AkSk(keys)) => {
+                sign_aksk(prepared, &mut headers, body, route, &keys.current(), now).await?
+            }
+            Some(Provider::Metadata { creds, max_wait }) => {
+                let creds = creds.get(wait(*max_wait)).await.map_err(unavailable)?;
+                sign_aksk(prepared, &mut headers, body, route, &creds.value, now).await?
+            }
+            Some(Provider::Token { token, max_wait }) => {
+                let current = token.get(wait(*max_wait)).await.map_err(unavailable)?;
+                headers.insert(X_AUTH_TOKEN, current.value.header.clone());
+                // A small body is kept so that a 401 can be answered by one
+                // replay with a renewed token; a large one streams through.
+                if content_length.is_some_and(|len| len <= REPLAY_BODY_LIMIT) {
+                    let bytes = body
+                        .collect()
+                        .await
+                        .map_err(|e| body_error(&e, route))?
+                        .to_bytes();
+                    replay = Some(Replay {
+                        bytes: bytes.clone(),
+                        headers: headers.clone(),
+                        token: current,
+                        max_wait: *max_wait,
+                    });
+                    crate::error::full(bytes)
+                } else {
+                    body.boxed_unsync()
+                }
+            }
+            Some(Provider::ApiKey(key)) => {
+                let key = key.current();
+                headers.insert(key.header.clone(), key.value.clone());
+                body.boxed_unsync()
             }
         };
         // hyper writes no body at all for a GET/HEAD whose length it does not
@@ -334,17 +462,57 @@ where
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
-        Ok::<_, ProxyError>(upstream_req)
+        Ok::<_, ProxyError>((upstream_req, replay))
     };
-    let upstream_req = match tokio::time::timeout_at(deadline, prepare).await {
+    let (upstream_req, replay) = match tokio::time::timeout_at(deadline, prepare).await {
         Ok(result) => result?,
         Err(_elapsed) => return Err(ProxyError::RequestTimeout(route.timeout)),
     };
-    let exchange = state.client.request(upstream_req);
-    let response = match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(result) => result.map_err(|e| classify_upstream_error(&e, &tripped, route))?,
-        Err(_elapsed) => return Err(ProxyError::UpstreamTimeout(route.timeout)),
+    let uri = upstream_req.uri().clone();
+    let send = |req| async {
+        match tokio::time::timeout_at(deadline, state.client.request(req)).await {
+            Ok(result) => result.map_err(|e| classify_upstream_error(&e, &tripped, route)),
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout(route.timeout)),
+        }
     };
+    let mut response = send(upstream_req).await?;
+    if response.status() == http::StatusCode::UNAUTHORIZED
+        && let Some(Provider::Token { token, .. }) = route
+            .credentials
+            .as_ref()
+            .and_then(|n| state.providers.get(n))
+    {
+        // The token was rejected: renew it (one IAM call however many
+        // requests saw the 401) and replay once if the body was kept.
+        // A second 401 is returned as it is; nothing loops.
+        match replay {
+            Some(replay) => {
+                let wait = replay
+                    .max_wait
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                if let Ok(fresh) = token.renew(&replay.token, wait).await {
+                    let mut headers = replay.headers;
+                    headers.insert(X_AUTH_TOKEN, fresh.value.header.clone());
+                    let mut again = Request::new(crate::error::full(replay.bytes));
+                    *again.method_mut() = parts.method.clone();
+                    *again.uri_mut() = uri;
+                    *again.headers_mut() = headers;
+                    tracing::info!(credentials = %token.label(), "upstream answered 401; token renewed, request replayed once");
+                    if let Some(name) = &route.credentials {
+                        state
+                            .metrics
+                            .credential_replays
+                            .get_or_create(&crate::metrics::CredentialLabels {
+                                credentials: name.clone(),
+                            })
+                            .inc();
+                    }
+                    response = send(again).await?;
+                }
+            }
+            None => token.request_renewal(),
+        }
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
@@ -441,6 +609,20 @@ fn classify_upstream_error(
         "upstream {upstream} failed before sending a response head: {}",
         chain(err)
     ))
+}
+
+/// Token-mode bodies up to this size are kept in memory so that a 401 can be
+/// answered by renewing the token and replaying the request once.
+const REPLAY_BODY_LIMIT: u64 = 1024 * 1024;
+
+const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+
+/// What a token-mode request needs to be sent again.
+struct Replay {
+    bytes: Bytes,
+    headers: HeaderMap,
+    token: Arc<crate::auth::refresh::Expiring<crate::auth::iam::Token>>,
+    max_wait: Duration,
 }
 
 /// The parts of the outgoing request the signer needs besides headers.

@@ -126,7 +126,7 @@ fn check_accepts_a_good_config_and_summarises_routes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(": ok"), "{stdout}");
-    assert!(stdout.contains("route / -> https://h.example.com/v1/infers/x (aksk [credentials.test] from config keys)"), "{stdout}");
+    assert!(stdout.contains("route / -> https://h.example.com/v1/infers/x ([credentials.test] AK/SK from config keys, payload auto)"), "{stdout}");
     assert!(!stdout.contains(SK));
     std::fs::remove_dir_all(&dir).unwrap();
 }

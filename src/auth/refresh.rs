@@ -206,6 +206,12 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
         self.wait_for(newer, wait).await
     }
 
+    /// Asks for a refresh without waiting (after a rejection whose request
+    /// cannot be replayed), so the next requests get a new credential.
+    pub fn request_renewal(&self) {
+        self.force.notify_one();
+    }
+
     async fn wait_for(
         &self,
         done: impl Fn(&Option<Arc<Expiring<T>>>) -> bool,

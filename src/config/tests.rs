@@ -1,4 +1,5 @@
 use super::*;
+use crate::auth::iam::ProjectScope;
 use crate::credentials::fake::FakeSources;
 
 fn env() -> FakeSources {
@@ -44,9 +45,11 @@ fn minimal_config_gets_the_gateway_defaults() {
         "https://x.apig.cn-north-4.huaweicloudapis.com/v1/infers/abc"
     );
     assert_eq!(r.payload, PayloadMode::Auto);
-    let Credentials::AkSk(k) = &c.credentials["default"];
-    assert_eq!(k.key.access_key, "AKEXAMPLE");
-    assert_eq!(k.key.secret_key.expose(), "sk-secret-value");
+    let Credentials::AkSk(k) = &c.credentials["default"] else {
+        panic!("not AK/SK")
+    };
+    assert_eq!(k.current.key.access_key, "AKEXAMPLE");
+    assert_eq!(k.current.key.secret_key.expose(), "sk-secret-value");
     assert!(v.warnings.is_empty(), "{:?}", v.warnings);
 }
 
@@ -133,7 +136,7 @@ fn admin_listen_may_be_remote_without_opening_the_proxy_listener() {
 }
 
 #[test]
-fn token_and_apikey_credentials_are_parsed_but_refused_as_not_yet_supported() {
+fn token_and_apikey_mistakes_are_all_reported_with_their_key_paths() {
     let errs = errors(
         r#"
 [[route]]
@@ -151,10 +154,94 @@ app_code = { env = "APP" }
     assert_eq!(
         errs,
         [
+            "credentials.iam.domain: is required",
+            "credentials.iam.iam_endpoint: is required (or give region = \"cn-north-4\" for https://iam.cn-north-4.myhuaweicloud.com)",
+            "credentials.iam.password: is required",
             "credentials.iam.pasword: unknown key (did you mean \"password\"?)",
-            "credentials.iam.type: IAM token credentials (type = \"token\") are not supported yet; use type = \"aksk\"",
-            "credentials.pangu.type: API-key credentials (type = \"apikey\") are not supported yet; use type = \"aksk\"",
+            "credentials.iam.project: is required (the project name, e.g. \"cn-north-4\"), or give project_id",
+            "credentials.pangu.app_code: environment variable APP is not set",
         ]
+    );
+}
+
+#[test]
+fn token_apikey_and_metadata_credentials_parse() {
+    let sources = env().with_env("IAM_PW", "pw").with_env("APP", "app-code-1");
+    let text = r#"
+[[route]]
+upstream = "https://h/x"
+credentials = "iam"
+[credentials.iam]
+type = "token"
+region = "cn-north-4"
+user = "alice"
+password = { env = "IAM_PW" }
+domain = "acme"
+refresh_margin = "10m"
+[credentials.byid]
+type = "token"
+iam_endpoint = "https://iam.example.com"
+user = "bob"
+password = { env = "IAM_PW" }
+domain = "acme"
+project_id = "0a1b"
+[credentials.pangu]
+type = "apikey"
+app_code = { env = "APP" }
+[credentials.bearer]
+type = "apikey"
+app_code = { env = "APP" }
+header = "Authorization"
+prefix = "Bearer "
+[credentials.ecs]
+type = "aksk"
+source = "metadata"
+metadata_endpoint = "http://127.0.0.1:9/openstack/latest/securitykey"
+"#;
+    let c = load(text, &sources).unwrap().config;
+    let Credentials::Token(t) = &c.credentials["iam"] else {
+        panic!()
+    };
+    assert_eq!(
+        t.request.iam_endpoint.to_string(),
+        "https://iam.cn-north-4.myhuaweicloud.com/"
+    );
+    assert_eq!(
+        t.request.project,
+        ProjectScope::Name("cn-north-4".into()),
+        "the project defaults to the region"
+    );
+    assert_eq!(t.refresh_margin, Duration::from_secs(600));
+    assert_eq!(t.max_wait, DEFAULT_MAX_WAIT);
+    let Credentials::Token(t) = &c.credentials["byid"] else {
+        panic!()
+    };
+    assert_eq!(t.request.project, ProjectScope::Id("0a1b".into()));
+    let Credentials::ApiKey(k) = &c.credentials["pangu"] else {
+        panic!()
+    };
+    assert_eq!(
+        (k.header.as_str(), k.current.to_str().unwrap()),
+        ("x-apig-appcode", "app-code-1")
+    );
+    assert!(k.current.is_sensitive());
+    let Credentials::ApiKey(k) = &c.credentials["bearer"] else {
+        panic!()
+    };
+    assert_eq!(
+        (k.header.as_str(), k.current.to_str().unwrap()),
+        ("authorization", "Bearer app-code-1")
+    );
+    let Credentials::Metadata(m) = &c.credentials["ecs"] else {
+        panic!()
+    };
+    assert_eq!(
+        m.endpoint.to_string(),
+        "http://127.0.0.1:9/openstack/latest/securitykey"
+    );
+    assert!(
+        !format!("{c:?}").contains("app-code-1"),
+        "API keys are redacted in Debug"
     );
 }
 
@@ -223,17 +310,27 @@ csv = "/keys.csv"
 project_id = "p1"
 "#;
     let v = load(text, &sources).unwrap();
-    let Credentials::AkSk(a) = &v.config.credentials["a"];
+    let Credentials::AkSk(a) = &v.config.credentials["a"] else {
+        panic!("not AK/SK")
+    };
     assert_eq!(
-        (a.key.access_key.as_str(), a.key.secret_key.expose()),
+        (
+            a.current.key.access_key.as_str(),
+            a.current.key.secret_key.expose()
+        ),
         ("LITERALAK", "file-sk")
     );
-    let Credentials::AkSk(b) = &v.config.credentials["b"];
+    let Credentials::AkSk(b) = &v.config.credentials["b"] else {
+        panic!("not AK/SK")
+    };
     assert_eq!(
-        (b.key.access_key.as_str(), b.key.secret_key.expose()),
+        (
+            b.current.key.access_key.as_str(),
+            b.current.key.secret_key.expose()
+        ),
         ("CSVAK", "csv-sk")
     );
-    assert_eq!(b.project_id.as_deref(), Some("p1"));
+    assert_eq!(b.current.project_id.as_deref(), Some("p1"));
     let warnings: Vec<String> = v.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1);
     assert!(

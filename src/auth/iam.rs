@@ -1,0 +1,291 @@
+//! IAM tokens: `POST {iam}/v3/auth/tokens?nocatalog=true` with the password
+//! method and a project scope. The token is the `X-Subject-Token` header of a
+//! 201; `token.expires_at` in the body says when it expires (24 h).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderValue, Method, Request, Uri, header};
+use http_body_util::BodyExt;
+
+use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
+use crate::client::HttpClient;
+use crate::credentials::{SecretSource, Sources};
+use crate::error::{chain, full};
+
+/// One IAM call gives up after this long (IAM answers in well under a second).
+const IAM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// IAM error bodies are echoed into messages up to this many characters.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// Which project the token is scoped to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectScope {
+    Name(String),
+    Id(String),
+}
+
+/// Everything needed to ask IAM for a token (the password is read when needed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// `https://iam.cn-north-4.myhuaweicloud.com`
+    pub iam_endpoint: Uri,
+    pub user: String,
+    pub password: SecretSource,
+    pub domain: String,
+    pub project: ProjectScope,
+}
+
+impl TokenRequest {
+    /// `user alice in domain acme, project cn-north-4`: for messages; never the password.
+    pub fn describe(&self) -> String {
+        let project = match &self.project {
+            ProjectScope::Name(n) => format!("project {n}"),
+            ProjectScope::Id(id) => format!("project id {id}"),
+        };
+        format!("user {} in domain {}, {project}", self.user, self.domain)
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "{}/v3/auth/tokens?nocatalog=true",
+            self.iam_endpoint.to_string().trim_end_matches('/')
+        )
+    }
+
+    fn body(&self, password: &str) -> String {
+        let scope = match &self.project {
+            ProjectScope::Name(name) => serde_json::json!({ "project": { "name": name } }),
+            ProjectScope::Id(id) => serde_json::json!({ "project": { "id": id } }),
+        };
+        serde_json::json!({
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": { "user": {
+                        "name": self.user,
+                        "password": password,
+                        "domain": { "name": self.domain },
+                    } },
+                },
+                "scope": scope,
+            }
+        })
+        .to_string()
+    }
+}
+
+/// A token as the proxy sends it: a ready header value, marked sensitive.
+#[derive(Clone)]
+pub struct Token {
+    pub header: HeaderValue,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(** redacted **)")
+    }
+}
+
+/// Fetches tokens from IAM.
+pub struct IamFetcher {
+    pub request: TokenRequest,
+    pub client: HttpClient,
+    pub sources: Arc<dyn Sources>,
+}
+
+impl Fetch<Token> for IamFetcher {
+    fn fetch(&self) -> BoxFuture<'_, Result<Expiring<Token>, FetchError>> {
+        Box::pin(fetch_token(&self.request, &self.client, &*self.sources))
+    }
+}
+
+/// Asks IAM for one token. Errors name the user, domain and project, and
+/// what IAM said; never the password.
+pub async fn fetch_token(
+    request: &TokenRequest,
+    client: &HttpClient,
+    sources: &dyn Sources,
+) -> Result<Expiring<Token>, FetchError> {
+    let who = request.describe();
+    // Read at every fetch, so a rotated password file is picked up.
+    let password = request.password.resolve(sources).map_err(|e| FetchError {
+        message: format!("cannot read the IAM password for {who}: {e}"),
+        permanent: true,
+    })?;
+    let url = request.url();
+    let http_request = Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header(header::CONTENT_TYPE, "application/json;charset=utf8")
+        .body(full(request.body(password.expose())))
+        .map_err(|e| FetchError {
+            message: format!("invalid IAM URL {url}: {e}"),
+            permanent: true,
+        })?;
+    let response = match tokio::time::timeout(IAM_TIMEOUT, client.request(http_request)).await {
+        Err(_) => {
+            return Err(FetchError {
+                message: format!(
+                    "IAM at {url} did not answer within {}s (for {who})",
+                    IAM_TIMEOUT.as_secs()
+                ),
+                permanent: false,
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(FetchError {
+                message: format!("cannot reach IAM at {url}: {}", chain(&e)),
+                permanent: false,
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status();
+    let token = response.headers().get("x-subject-token").cloned();
+    let body: Bytes = tokio::time::timeout(IAM_TIMEOUT, response.into_body().collect())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if status != http::StatusCode::CREATED {
+        // 4xx other than 429 will not heal by retrying: retried slowly.
+        let permanent = status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS;
+        return Err(FetchError {
+            message: format!(
+                "IAM refused a token for {who}: HTTP {}: {}",
+                status.as_u16(),
+                iam_error_text(&body)
+            ),
+            permanent,
+        });
+    }
+    let Some(mut header) = token else {
+        return Err(FetchError {
+            message: format!("IAM answered 201 for {who} but sent no X-Subject-Token header"),
+            permanent: false,
+        });
+    };
+    header.set_sensitive(true);
+    let expires_at = parse_expires_at(&body).map_err(|e| FetchError {
+        message: format!("IAM answered 201 for {who} but {e}"),
+        permanent: false,
+    })?;
+    Ok(Expiring {
+        value: Token { header },
+        expires_at,
+    })
+}
+
+/// `token.expires_at` from IAM's body, with or without fractional seconds
+/// (`2020-01-04T09:05:22.701000Z`).
+pub fn parse_expires_at(body: &[u8]) -> Result<DateTime<Utc>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("its body is not JSON ({e})"))?;
+    let text = v["token"]["expires_at"]
+        .as_str()
+        .ok_or("its body has no token.expires_at")?;
+    parse_time(text)
+}
+
+/// An RFC 3339 UTC time as Huawei writes it, fraction optional.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.to_utc())
+        .or_else(|_| {
+            // Some services omit the offset: `2020-01-04T09:05:22.701000`.
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc())
+        })
+        .map_err(|_| format!("expires_at {text:?} is not an RFC 3339 time"))
+}
+
+/// What IAM said: `error.message` from its JSON, else the start of the body.
+fn iam_error_text(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v["error"]["message"]
+            .as_str()
+            .or_else(|| v["error_msg"].as_str())
+            .map(str::to_owned)
+    });
+    let text = message.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+    let text: String = text.chars().take(MAX_ERROR_TEXT).collect();
+    if text.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_at_parses_with_and_without_fractional_seconds() {
+        let with =
+            parse_expires_at(br#"{"token":{"expires_at":"2020-01-04T09:05:22.701000Z"}}"#).unwrap();
+        assert_eq!(with.to_rfc3339(), "2020-01-04T09:05:22.701+00:00");
+        let without =
+            parse_expires_at(br#"{"token":{"expires_at":"2020-01-04T09:05:22Z"}}"#).unwrap();
+        assert_eq!(without.to_rfc3339(), "2020-01-04T09:05:22+00:00");
+        assert_eq!(
+            parse_time("2020-01-08T03:50:07.574000")
+                .unwrap()
+                .to_rfc3339(),
+            "2020-01-08T03:50:07.574+00:00"
+        );
+        assert!(
+            parse_expires_at(br#"{"token":{}}"#)
+                .unwrap_err()
+                .contains("no token.expires_at")
+        );
+        assert!(
+            parse_expires_at(b"<html>")
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+
+    #[test]
+    fn the_request_body_has_the_password_method_and_a_project_scope() {
+        let mut r = TokenRequest {
+            iam_endpoint: "https://iam.cn-north-4.myhuaweicloud.com/".parse().unwrap(),
+            user: "alice".into(),
+            password: SecretSource::Env("P".into()),
+            domain: "acme".into(),
+            project: ProjectScope::Name("cn-north-4".into()),
+        };
+        assert_eq!(
+            r.url(),
+            "https://iam.cn-north-4.myhuaweicloud.com/v3/auth/tokens?nocatalog=true"
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body("pw")).unwrap();
+        assert_eq!(v["auth"]["identity"]["methods"][0], "password");
+        assert_eq!(v["auth"]["identity"]["password"]["user"]["name"], "alice");
+        assert_eq!(v["auth"]["identity"]["password"]["user"]["password"], "pw");
+        assert_eq!(
+            v["auth"]["identity"]["password"]["user"]["domain"]["name"],
+            "acme"
+        );
+        assert_eq!(v["auth"]["scope"]["project"]["name"], "cn-north-4");
+        r.project = ProjectScope::Id("0a1b".into());
+        let v: serde_json::Value = serde_json::from_str(&r.body("pw")).unwrap();
+        assert_eq!(v["auth"]["scope"]["project"]["id"], "0a1b");
+        assert_eq!(r.describe(), "user alice in domain acme, project id 0a1b");
+    }
+
+    #[test]
+    fn iam_errors_are_quoted_briefly() {
+        assert_eq!(
+            iam_error_text(br#"{"error":{"code":401,"message":"The username or password is wrong.","title":"Unauthorized"}}"#),
+            "The username or password is wrong."
+        );
+        assert_eq!(iam_error_text(b""), "(empty body)");
+        assert_eq!(iam_error_text(&[b'x'; 1000]).len(), MAX_ERROR_TEXT);
+    }
+}
