@@ -195,7 +195,15 @@ fn admin_response(path: &str, shared: &Shared, draining: bool) -> Response<Proxy
             "text/plain",
             Bytes::from_static(b"draining\n"),
         ),
-        "/readyz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+        // Not ready until every IAM token / temporary key has been fetched.
+        "/readyz" => match shared.state.load().readiness() {
+            Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            Err(reasons) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from(format!("not ready:\n{}\n", reasons.join("\n"))),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -70,7 +70,7 @@ impl Policy {
             retry_max: Duration::from_secs(60),
             permanent_retry_base: Duration::from_secs(30),
             permanent_retry_max: Duration::from_secs(15 * 60),
-            forced_min_interval: Duration::from_secs(5),
+            forced_min_interval: Duration::from_secs(1),
         }
     }
 
@@ -204,6 +204,11 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
         }
         self.force.notify_one();
         self.wait_for(newer, wait).await
+    }
+
+    /// Changes after every fetch, good or bad (for observers and tests).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Asks for a refresh without waiting (after a rejection whose request
