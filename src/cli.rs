@@ -79,7 +79,9 @@ struct RunArgs {
     /// Address to listen on (repeatable).
     #[arg(long, conflicts_with = "config", value_name = "ADDR")]
     listen: Vec<String>,
-    /// How to authenticate: aksk (HUAWEICLOUD_SDK_AK / _SK, or ~/.huaweicloud/credentials) or none.
+    /// How to authenticate: aksk (HUAWEICLOUD_SDK_AK / _SK, or ~/.huaweicloud/credentials),
+    /// token (HUAWEICLOUD_IAM_USER / _PASSWORD / _DOMAIN / _PROJECT, HUAWEICLOUD_SDK_REGION),
+    /// apikey (APIG_APP_CODE) or none.
     #[arg(long, value_enum, default_value_t = Auth::Aksk, conflicts_with = "config")]
     auth: Auth,
     /// Address for /healthz, /readyz and /metrics.
@@ -93,8 +95,25 @@ struct RunArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Auth {
     Aksk,
+    Token,
+    Apikey,
     None,
 }
+
+/// `--auth token`: the IAM user (env).
+pub const ENV_IAM_USER: &str = "HUAWEICLOUD_IAM_USER";
+/// `--auth token`: the IAM user's password (env).
+pub const ENV_IAM_PASSWORD: &str = "HUAWEICLOUD_IAM_PASSWORD";
+/// `--auth token`: the account (domain) name (env).
+pub const ENV_IAM_DOMAIN: &str = "HUAWEICLOUD_IAM_DOMAIN";
+/// `--auth token`: the project name (env); or [`ENV_IAM_PROJECT_ID`].
+pub const ENV_IAM_PROJECT: &str = "HUAWEICLOUD_IAM_PROJECT";
+pub const ENV_IAM_PROJECT_ID: &str = "HUAWEICLOUD_IAM_PROJECT_ID";
+/// `--auth token`: the IAM endpoint (the SDKs' variable), or derive it from [`ENV_REGION`].
+pub const ENV_IAM_ENDPOINT: &str = "HUAWEICLOUD_SDK_IAM_ENDPOINT";
+pub const ENV_REGION: &str = "HUAWEICLOUD_SDK_REGION";
+/// `--auth apikey`: the APIG app code (env).
+pub const ENV_APP_CODE: &str = "APIG_APP_CODE";
 
 #[derive(clap::Args, Debug)]
 struct CheckArgs {
@@ -209,13 +228,10 @@ fn load_file(path: &Path) -> Result<config::Validated, Vec<Problem>> {
 
 /// The one-route config that `run --upstream …` describes, as TOML, so it
 /// goes through exactly the same validation as a file.
-fn flags_config(args: &RunArgs, upstream: &str) -> Table {
+fn flags_config(args: &RunArgs, upstream: &str, sources: &dyn Sources) -> Table {
     let mut server = Table::new();
     if !args.listen.is_empty() {
-        server.insert(
-            "listen".into(),
-            Value::Array(args.listen.iter().cloned().map(Value::String).collect()),
-        );
+        server.insert("listen".into(), Value::Array(args.listen.iter().cloned().map(Value::String).collect()));
     }
     if let Some(a) = &args.admin_listen {
         server.insert("admin_listen".into(), Value::String(a.clone()));
@@ -225,11 +241,8 @@ fn flags_config(args: &RunArgs, upstream: &str) -> Table {
     route.insert("prefix".into(), "/".into());
     route.insert("upstream".into(), upstream.into());
     let mut root = Table::new();
-    if args.auth == Auth::Aksk {
+    if let Some(creds) = env_credentials(args.auth, sources) {
         route.insert("credentials".into(), "default".into());
-        let mut creds = Table::new();
-        creds.insert("type".into(), "aksk".into());
-        creds.insert("source".into(), "env".into());
         let mut all = Table::new();
         all.insert("default".into(), Value::Table(creds));
         root.insert("credentials".into(), Value::Table(all));
@@ -237,6 +250,44 @@ fn flags_config(args: &RunArgs, upstream: &str) -> Table {
     root.insert("server".into(), Value::Table(server));
     root.insert("route".into(), Value::Array(vec![Value::Table(route)]));
     root
+}
+
+/// `[credentials.default]` for `--auth`, from the environment variables the README documents.
+fn env_credentials(auth: Auth, sources: &dyn Sources) -> Option<Table> {
+    let env_ref = |name: &str| {
+        let mut t = Table::new();
+        t.insert("env".into(), name.into());
+        Value::Table(t)
+    };
+    let mut creds = Table::new();
+    match auth {
+        Auth::None => return None,
+        Auth::Aksk => {
+            creds.insert("type".into(), "aksk".into());
+            creds.insert("source".into(), "env".into());
+        }
+        Auth::Apikey => {
+            creds.insert("type".into(), "apikey".into());
+            creds.insert("app_code".into(), env_ref(ENV_APP_CODE));
+        }
+        Auth::Token => {
+            creds.insert("type".into(), "token".into());
+            creds.insert("password".into(), env_ref(ENV_IAM_PASSWORD));
+            for (key, var) in [
+                ("iam_endpoint", ENV_IAM_ENDPOINT),
+                ("region", ENV_REGION),
+                ("user", ENV_IAM_USER),
+                ("domain", ENV_IAM_DOMAIN),
+                ("project", ENV_IAM_PROJECT),
+                ("project_id", ENV_IAM_PROJECT_ID),
+            ] {
+                if let Some(v) = sources.env(var).filter(|v| !v.trim().is_empty()) {
+                    creds.insert(key.into(), v.trim().into());
+                }
+            }
+        }
+    }
+    Some(creds)
 }
 
 /// Names flags instead of key paths in errors about a flag-built config.
@@ -247,8 +298,20 @@ fn flag_problem(mut p: Problem) -> Problem {
         "--admin-listen"
     } else if p.path.starts_with("route[0].upstream") {
         "--upstream"
-    } else if p.path.starts_with("credentials.default") {
-        "--auth aksk"
+    } else if let Some(key) = p.path.strip_prefix("credentials.default") {
+        // Name the environment variable that sets the missing value.
+        let var = match key.trim_start_matches('.') {
+            "user" => Some(ENV_IAM_USER),
+            "password" => Some(ENV_IAM_PASSWORD),
+            "domain" => Some(ENV_IAM_DOMAIN),
+            "project" => Some("HUAWEICLOUD_IAM_PROJECT (or HUAWEICLOUD_IAM_PROJECT_ID, or HUAWEICLOUD_SDK_REGION)"),
+            "iam_endpoint" => Some("HUAWEICLOUD_SDK_IAM_ENDPOINT (or HUAWEICLOUD_SDK_REGION)"),
+            _ => None,
+        };
+        if let Some(var) = var.filter(|_| p.message.starts_with("is required")) {
+            p.message = format!("set {var}");
+        }
+        "--auth"
     } else {
         return p;
     };
@@ -265,7 +328,7 @@ async fn run(args: RunArgs) -> u8 {
     let (validated, origin) = match (&config_file, &args.upstream) {
         (Some(path), _) => (load_file(path), path.display().to_string()),
         (None, Some(upstream)) => (
-            config::validate(&flags_config(&args, upstream), &System)
+            config::validate(&flags_config(&args, upstream, &System), &System)
                 .map_err(|ps| ps.into_iter().map(flag_problem).collect()),
             "the command line".to_owned(),
         ),
@@ -978,7 +1041,7 @@ mod tests {
             Command::Run(a) => a,
             other => panic!("{other:?}"),
         };
-        let errs: Vec<String> = config::validate(&flags_config(&args, "ftp://x"), &env())
+        let errs: Vec<String> = config::validate(&flags_config(&args, "ftp://x", &env()), &env())
             .unwrap_err()
             .into_iter()
             .map(|p| flag_problem(p).to_string())

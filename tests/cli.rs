@@ -161,10 +161,22 @@ fn usage_errors_exit_64_and_config_errors_78() {
     );
     assert!(
         stderr.contains(
-            "error: --auth aksk: no AK/SK: HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK are not set"
+            "error: --auth: no AK/SK: HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK are not set"
         ),
         "{stderr}"
     );
+
+    // --auth token names each environment variable that is missing.
+    let out = cmd(&dir).env("HUAWEICLOUD_IAM_USER", "alice").args(["run", "--auth", "token", "--upstream", "https://h/"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "error: --auth: set HUAWEICLOUD_IAM_DOMAIN",
+        "error: --auth: environment variable HUAWEICLOUD_IAM_PASSWORD is not set",
+        "error: --auth: set HUAWEICLOUD_SDK_IAM_ENDPOINT (or HUAWEICLOUD_SDK_REGION)",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

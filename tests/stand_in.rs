@@ -668,8 +668,6 @@ async fn echoes_and_errors_never_contain_the_token_app_code_or_password() {
     // fails, next to a wrong app code: the mismatch message quotes the canonical request.
     clock.advance(TOKEN_LIFETIME);
     record(get_with(addr, "x-auth-token", &token).await);
-    //
-    // the mismatch message quotes the canonical request.
     let host = addr.to_string();
     let headers = [
         ("host", host.as_str()),
