@@ -64,7 +64,9 @@ enum Command {
     Check(CheckArgs),
     /// Print a signed request as a ready-to-paste curl command.
     Sign(SignArgs),
-    /// Run a stand-in ModelArts service that verifies signatures, with the proxy in front of it.
+    /// Print a valid IAM token on stdout (like `gcloud auth print-access-token`).
+    Token(TokenArgs),
+    /// Run a stand-in ModelArts service and IAM that verify credentials, with the proxy in front.
     Dev(DevArgs),
 }
 
@@ -160,6 +162,19 @@ struct DevArgs {
     /// Where the stand-in service listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     service_listen: SocketAddr,
+    /// How long the stand-in IAM's tokens live (short, to watch them being refreshed).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    token_lifetime: std::time::Duration,
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// Config file; without it, the HUAWEICLOUD_IAM_* variables of `run --auth token`.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Which [credentials.NAME] (default: the only token credentials in the file).
+    #[arg(long, value_name = "NAME")]
+    credentials: Option<String>,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -188,6 +203,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Check(args) => check(args).await,
             Command::Sign(args) => sign(args),
+            Command::Token(args) => token(args).await,
             Command::Dev(args) => dev(args).await,
         }
     });
@@ -231,7 +247,10 @@ fn load_file(path: &Path) -> Result<config::Validated, Vec<Problem>> {
 fn flags_config(args: &RunArgs, upstream: &str, sources: &dyn Sources) -> Table {
     let mut server = Table::new();
     if !args.listen.is_empty() {
-        server.insert("listen".into(), Value::Array(args.listen.iter().cloned().map(Value::String).collect()));
+        server.insert(
+            "listen".into(),
+            Value::Array(args.listen.iter().cloned().map(Value::String).collect()),
+        );
     }
     if let Some(a) = &args.admin_listen {
         server.insert("admin_listen".into(), Value::String(a.clone()));
@@ -304,7 +323,9 @@ fn flag_problem(mut p: Problem) -> Problem {
             "user" => Some(ENV_IAM_USER),
             "password" => Some(ENV_IAM_PASSWORD),
             "domain" => Some(ENV_IAM_DOMAIN),
-            "project" => Some("HUAWEICLOUD_IAM_PROJECT (or HUAWEICLOUD_IAM_PROJECT_ID, or HUAWEICLOUD_SDK_REGION)"),
+            "project" => Some(
+                "HUAWEICLOUD_IAM_PROJECT (or HUAWEICLOUD_IAM_PROJECT_ID, or HUAWEICLOUD_SDK_REGION)",
+            ),
             "iam_endpoint" => Some("HUAWEICLOUD_SDK_IAM_ENDPOINT (or HUAWEICLOUD_SDK_REGION)"),
             _ => None,
         };
@@ -856,9 +877,102 @@ fn sign_command(
     Ok((curl, debug))
 }
 
+async fn token(args: TokenArgs) -> u8 {
+    let (validated, origin) = match config_path(&args.config) {
+        Some(path) => (load_file(&path), path.display().to_string()),
+        None => {
+            let mut root = Table::new();
+            let mut all = Table::new();
+            all.insert(
+                "default".into(),
+                Value::Table(env_credentials(Auth::Token, &System).expect("token")),
+            );
+            root.insert("credentials".into(), Value::Table(all));
+            let mut route = Table::new();
+            route.insert("upstream".into(), "http://127.0.0.1/".into());
+            route.insert("credentials".into(), "default".into());
+            root.insert("route".into(), Value::Array(vec![Value::Table(route)]));
+            let v = config::validate(&root, &System)
+                .map_err(|ps| ps.into_iter().map(flag_problem).collect());
+            (v, "the environment".to_owned())
+        }
+    };
+    let config = match validated {
+        Ok(v) => v.config,
+        Err(problems) => {
+            print_problems(&problems, &origin);
+            return EXIT_CONFIG;
+        }
+    };
+    let tokens: Vec<(&String, &config::TokenSpec)> = config
+        .credentials
+        .iter()
+        .filter_map(|(n, c)| match c {
+            Credentials::Token(t) => Some((n, t)),
+            _ => None,
+        })
+        .filter(|(n, _)| args.credentials.as_ref().is_none_or(|want| want == *n))
+        .collect();
+    let spec = match tokens.as_slice() {
+        [(_, spec)] => *spec,
+        [] => {
+            eprintln!(
+                "error: no token credentials{} in {origin}",
+                args.credentials
+                    .as_ref()
+                    .map(|n| format!(" named {n}"))
+                    .unwrap_or_default()
+            );
+            return EXIT_USAGE;
+        }
+        _ => {
+            eprintln!(
+                "error: several token credentials in {origin}; pick one with --credentials NAME"
+            );
+            return EXIT_USAGE;
+        }
+    };
+    let client = match crate::client::build(&config.upstream_tls) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match crate::auth::iam::fetch_token(&spec.request, &client, &System).await {
+        Ok(token) => {
+            println!("{}", String::from_utf8_lossy(token.value.header.as_bytes()));
+            eprintln!("# valid until {}", token.expires_at.to_rfc3339());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            1
+        }
+    }
+}
+
 async fn dev(args: DevArgs) -> u8 {
-    let key = crate::dev::demo_key();
-    let stand_in = crate::dev::StandIn::new(vec![key.clone()], Arc::new(chrono::Utc::now));
+    use crate::dev::{StandIn, StandInIam, demo_key};
+    let key = demo_key();
+    let sources = DemoSources {
+        ak: key.access_key.clone(),
+        sk: key.secret_key.expose().to_owned(),
+        password: random_text(24),
+        app_code: random_text(32),
+    };
+    let iam = StandInIam {
+        user: "demo".into(),
+        password: crate::secret::Secret::new(sources.password.clone()),
+        domain: "demo".into(),
+        project: "cn-north-4".into(),
+        project_id: random_text(32).to_ascii_lowercase(),
+        token_lifetime: args.token_lifetime,
+        token_size: 8 * 1024,
+    };
+    let stand_in = StandIn::new(vec![key.clone()], Arc::new(chrono::Utc::now))
+        .with_iam(iam)
+        .with_app_codes(vec![crate::secret::Secret::new(sources.app_code.clone())]);
     let service = match stand_in.spawn(args.service_listen).await {
         Ok(a) => a,
         Err(e) => {
@@ -868,15 +982,46 @@ async fn dev(args: DevArgs) -> u8 {
     };
     let upstream = format!("http://{service}/v1/infers/demo");
     let text = format!(
-        "[server]\nlisten = \"{}\"\n[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\ncredentials = \"demo\"\n\
-         [credentials.demo]\ntype = \"aksk\"\naccess_key = {{ env = \"DEMO_AK\" }}\nsecret_key = {{ env = \"DEMO_SK\" }}\n",
-        args.listen
+        r#"
+[server]
+listen = "{listen}"
+[[route]]
+prefix = "/"
+upstream = "{upstream}"
+credentials = "demo"
+[[route]]
+prefix = "/token"
+upstream = "{upstream}"
+credentials = "iam"
+[[route]]
+prefix = "/apikey"
+upstream = "{upstream}"
+credentials = "appcode"
+[credentials.demo]
+type = "aksk"
+access_key = {{ env = "DEMO_AK" }}
+secret_key = {{ env = "DEMO_SK" }}
+[credentials.iam]
+type = "token"
+iam_endpoint = "http://{service}"
+user = "demo"
+password = {{ env = "DEMO_PASSWORD" }}
+domain = "demo"
+project = "cn-north-4"
+[credentials.appcode]
+type = "apikey"
+app_code = {{ env = "DEMO_APP_CODE" }}
+"#,
+        listen = args.listen
     );
-    let sources = DemoSources {
-        ak: key.access_key.clone(),
-        sk: key.secret_key.expose().to_owned(),
+    let sources: Arc<dyn Sources> = Arc::new(sources);
+    let runtime = crate::proxy::Runtime {
+        sources: sources.clone(),
+        ..Default::default()
     };
-    let state = match config::load(&text, &sources).and_then(|v| State::build(v.config)) {
+    let state = match config::load(&text, &*sources)
+        .and_then(|v| State::build_with(v.config, runtime, None))
+    {
         Ok(s) => s,
         Err(problems) => {
             print_problems(&problems, "the dev configuration");
@@ -891,12 +1036,19 @@ async fn dev(args: DevArgs) -> u8 {
         }
     };
     let proxy = daemon.local_addrs()[0];
+    let lifetime = humantime::format_duration(args.token_lifetime);
     println!(
         "modelarts-proxy dev\n\
-         \n  stand-in ModelArts service: {upstream}\n    (verifies SDK-HMAC-SHA256 signatures like API Gateway, echoes what it received)\n\
-         \n  proxy:                      http://{proxy}  ->  {upstream}\n    (signs every request with the demo key {})\n\
+         \n  stand-in ModelArts service: {upstream}\n    (checks AK/SK signatures, IAM tokens and app codes like API Gateway; echoes what it received)\n\
+         \n  stand-in IAM:               http://{service}/v3/auth/tokens  (8 KB tokens, valid {lifetime})\n\
+         \n  proxy:                      http://{proxy}\n\
+         \x20   /        -> the service, signed with the demo AK/SK {}\n\
+         \x20   /token   -> the service, with an IAM token (refreshed before it expires)\n\
+         \x20   /apikey  -> the service, with an X-Apig-AppCode\n\
          \ntry:\n  curl -s http://{proxy}/ -H 'Content-Type: application/json' -d '{{\"prompt\":\"hello\"}}'\n\
-         \nand, to see the stand-in reject an unsigned request:\n  curl -s {upstream}\n\nCtrl-C to stop.",
+         \x20 curl -s http://{proxy}/token -d 'any body'\n\
+         \x20 curl -s http://{proxy}/apikey\n\
+         \nand, to see the stand-in reject a request without credentials:\n  curl -s {upstream}\n\nCtrl-C to stop.",
         key.access_key
     );
     log_startup(&daemon);
@@ -904,10 +1056,22 @@ async fn dev(args: DevArgs) -> u8 {
     0
 }
 
+/// `n` random letters and digits (demo passwords and app codes).
+fn random_text(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    buf.iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
 /// Hands the demo key to the config loader without touching the process environment.
 struct DemoSources {
     ak: String,
     sk: String,
+    password: String,
+    app_code: String,
 }
 
 impl Sources for DemoSources {
@@ -915,6 +1079,8 @@ impl Sources for DemoSources {
         match name {
             "DEMO_AK" => Some(self.ak.clone()),
             "DEMO_SK" => Some(self.sk.clone()),
+            "DEMO_PASSWORD" => Some(self.password.clone()),
+            "DEMO_APP_CODE" => Some(self.app_code.clone()),
             _ => None,
         }
     }

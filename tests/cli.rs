@@ -13,6 +13,21 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelarts-proxy");
 const TOKEN: &str = "sts-TOKEN-Qw8-never-log-me";
+const PASSWORD: &str = "iam-PASSWORD-never-log-me";
+const APP_CODE: &str = "app-CODE-never-log-me-0123456789";
+
+/// The stand-in IAM's user alice (domain acme, project cn-north-4).
+fn iam() -> modelarts_proxy::dev::StandInIam {
+    modelarts_proxy::dev::StandInIam {
+        user: "alice".into(),
+        password: modelarts_proxy::secret::Secret::new(PASSWORD),
+        domain: "acme".into(),
+        project: "cn-north-4".into(),
+        project_id: "0a1b2c3d".into(),
+        token_lifetime: std::time::Duration::from_secs(3600),
+        token_size: 8192,
+    }
+}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir =
@@ -167,7 +182,11 @@ fn usage_errors_exit_64_and_config_errors_78() {
     );
 
     // --auth token names each environment variable that is missing.
-    let out = cmd(&dir).env("HUAWEICLOUD_IAM_USER", "alice").args(["run", "--auth", "token", "--upstream", "https://h/"]).output().unwrap();
+    let out = cmd(&dir)
+        .env("HUAWEICLOUD_IAM_USER", "alice")
+        .args(["run", "--auth", "token", "--upstream", "https://h/"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -212,7 +231,15 @@ async fn dev_mode_runs_the_whole_flow_with_no_cloud_account() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_or_responses_even_at_trace_level() {
     let dir = temp_dir("leak");
-    let upstream = stand_in().await;
+    let stand_in =
+        modelarts_proxy::dev::StandIn::new(vec![key()], std::sync::Arc::new(chrono::Utc::now))
+            .with_iam(iam())
+            .with_app_codes(vec![modelarts_proxy::secret::Secret::new(APP_CODE)]);
+    let stats = stand_in.stats();
+    let upstream = stand_in
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -250,6 +277,24 @@ type = "aksk"
 access_key = {{ env = "TEST_AK" }}
 secret_key = {{ file = "{}" }}
 security_token = {{ env = "TEST_TOKEN" }}
+[[route]]
+prefix = "/tok"
+upstream = "http://{upstream}/"
+credentials = "iam"
+[[route]]
+prefix = "/key"
+upstream = "http://{upstream}/"
+credentials = "appcode"
+[credentials.iam]
+type = "token"
+iam_endpoint = "http://{upstream}"
+user = "alice"
+password = {{ env = "TEST_PASSWORD" }}
+domain = "acme"
+project = "cn-north-4"
+[credentials.appcode]
+type = "apikey"
+app_code = {{ env = "TEST_APP_CODE" }}
 [credentials.literal]
 type = "aksk"
 access_key = "{AK}"
@@ -263,6 +308,8 @@ security_token = {{ env = "TEST_TOKEN" }}
     let mut c = cmd(&dir);
     c.env("TEST_AK", AK)
         .env("TEST_TOKEN", TOKEN)
+        .env("TEST_PASSWORD", PASSWORD)
+        .env("TEST_APP_CODE", APP_CODE)
         .env("RUST_LOG", "trace")
         .args(["run", "-c"])
         .arg(&config);
@@ -293,6 +340,8 @@ security_token = {{ env = "TEST_TOKEN" }}
         ("GET", "/down", "", 502),
         ("POST", "/small", "application/json", 413),
         ("GET", "/wrong", "", 401),
+        ("POST", "/tok", "application/json", 200),
+        ("GET", "/key", "", 200),
     ];
     for (method, path, ct, want) in cases {
         let mut req = request(method, &format!("http://{proxy}{path}"))
@@ -342,7 +391,8 @@ security_token = {{ env = "TEST_TOKEN" }}
         logs.contains("TRACE"),
         "trace-level logging was on, so the search below means something"
     );
-    for secret in [SK, TOKEN] {
+    let iam_token = stats.last_token().expect("IAM issued a token");
+    for secret in [SK, TOKEN, PASSWORD, APP_CODE, iam_token.expose()] {
         assert!(!logs.contains(secret), "a secret reached the logs");
         for b in &bodies {
             assert!(!b.contains(secret), "a secret reached a response body: {b}");
@@ -392,5 +442,58 @@ async fn check_online_sends_one_signed_request_per_route_and_reports_the_verdict
         stderr.contains("online: route /: FAILED, HTTP 401") && stderr.contains("APIG.0301"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_prints_a_valid_token_and_explains_a_wrong_password() {
+    let dir = temp_dir("token");
+    let stand_in =
+        modelarts_proxy::dev::StandIn::new(vec![key()], std::sync::Arc::new(chrono::Utc::now))
+            .with_iam(iam());
+    let stats = stand_in.stats();
+    let iam_addr = stand_in
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let config = dir.join("token.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nupstream = \"http://{iam_addr}/\"\ncredentials = \"iam\"\n[credentials.iam]\ntype = \"token\"\n\
+             iam_endpoint = \"http://{iam_addr}\"\nuser = \"alice\"\npassword = {{ env = \"TEST_PASSWORD\" }}\ndomain = \"acme\"\nproject = \"cn-north-4\"\n"
+        ),
+    )
+    .unwrap();
+    // Blocking on the child is fine: the stand-in serves from the other worker thread.
+    let out = cmd(&dir)
+        .env("TEST_PASSWORD", PASSWORD)
+        .args(["token", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.trim_end(), stats.last_token().unwrap().expose());
+    assert_eq!(printed.trim_end().len(), 8192);
+
+    let out = cmd(&dir)
+        .env("TEST_PASSWORD", "wrong")
+        .args(["token", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: IAM refused a token for user alice in domain acme, project cn-north-4: HTTP 401: The username or password is wrong."),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong\n") && !stderr.contains(PASSWORD));
     std::fs::remove_dir_all(&dir).unwrap();
 }
