@@ -12,6 +12,9 @@
 //! * `request/proxy_none`: client → proxy route with no credentials → upstream.
 //! * `request/proxy_aksk_json`: client → proxy route with AK/SK, `payload = auto`
 //!   and a JSON body (so the body is buffered, hashed and signed) → upstream.
+//! * `request/proxy_token`: client → proxy route with an IAM token (cached,
+//!   refreshed in the background) → upstream. The body is kept for a 401 replay.
+//! * `request/proxy_apikey`: client → proxy route with an app code → upstream.
 //!
 //! All three send the same POST with a small JSON body to the same trivial
 //! upstream (reads the body, answers 200 with a small JSON), so the only
@@ -92,7 +95,17 @@ async fn start() -> Servers {
         secret_key: Secret::new(SK),
         security_token: None,
     };
+    let iam = modelarts_proxy::dev::StandInIam {
+        user: "bench".into(),
+        password: Secret::new("bench-password"),
+        domain: "bench".into(),
+        project: "cn-north-4".into(),
+        project_id: "0a1b".into(),
+        token_lifetime: std::time::Duration::from_secs(24 * 3600),
+        token_size: 8192,
+    };
     let stand_in = modelarts_proxy::dev::StandIn::new(vec![key], Arc::new(chrono::Utc::now))
+        .with_iam(iam)
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -117,10 +130,37 @@ upstream = "http://{stand_in}{SERVICE_PATH}"
 credentials = "bench"
 payload = "auto"
 
+[[route]]
+prefix = "/token"
+upstream = "http://{upstream}{SERVICE_PATH}"
+credentials = "iam"
+
+[[route]]
+prefix = "/verify_token"
+upstream = "http://{stand_in}{SERVICE_PATH}"
+credentials = "iam"
+
+[[route]]
+prefix = "/apikey"
+upstream = "http://{upstream}{SERVICE_PATH}"
+credentials = "appcode"
+
 [credentials.bench]
 type = "aksk"
 access_key = "{AK}"
 secret_key = "{SK}"
+
+[credentials.iam]
+type = "token"
+iam_endpoint = "http://{stand_in}"
+user = "bench"
+password = "bench-password"
+domain = "bench"
+project = "cn-north-4"
+
+[credentials.appcode]
+type = "apikey"
+app_code = "bench-app-code"
 "#
     );
     // Literal secrets in the config draw warnings; irrelevant here.
@@ -171,6 +211,11 @@ fn request(c: &mut Criterion) {
     let proxy_none: Uri = format!("http://{}/none", servers.proxy).parse().unwrap();
     let proxy_aksk: Uri = format!("http://{}/aksk", servers.proxy).parse().unwrap();
     let verify: Uri = format!("http://{}/verify", servers.proxy).parse().unwrap();
+    let proxy_token: Uri = format!("http://{}/token", servers.proxy).parse().unwrap();
+    let verify_token: Uri = format!("http://{}/verify_token", servers.proxy)
+        .parse()
+        .unwrap();
+    let proxy_apikey: Uri = format!("http://{}/apikey", servers.proxy).parse().unwrap();
 
     // Not measured: the AK/SK route signs correctly (the stand-in checks the
     // signature), and every measured target answers 200.
@@ -179,7 +224,16 @@ fn request(c: &mut Criterion) {
         let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
         assert_eq!(echo["verified"], true, "{echo}");
         assert_eq!(echo["path"], SERVICE_PATH, "{echo}");
-        for uri in [&direct, &proxy_none, &proxy_aksk] {
+        let echo = round_trip(&client, &verify_token).await;
+        let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
+        assert_eq!(echo["auth"], "token", "{echo}");
+        for uri in [
+            &direct,
+            &proxy_none,
+            &proxy_aksk,
+            &proxy_token,
+            &proxy_apikey,
+        ] {
             assert_eq!(&round_trip(&client, uri).await[..], UPSTREAM_REPLY);
         }
     });
@@ -189,6 +243,8 @@ fn request(c: &mut Criterion) {
         ("direct", &direct),
         ("proxy_none", &proxy_none),
         ("proxy_aksk_json", &proxy_aksk),
+        ("proxy_token", &proxy_token),
+        ("proxy_apikey", &proxy_apikey),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| rt.block_on(round_trip(&client, uri)));
