@@ -574,17 +574,31 @@ async fn check(args: CheckArgs) -> u8 {
 /// (APIG.0301 …) or an unreachable upstream fails the check.
 async fn check_online(mut state: State) -> u8 {
     let mut failed = 0;
+    let mut failed_credentials: Vec<String> = Vec::new();
     // Expiring credentials first: each must be fetched within its max_wait.
     let mut names: Vec<&String> = state.providers.keys().collect();
     names.sort();
     for name in names {
+        // Report as soon as the first fetch has finished, good or bad.
+        async fn first<T: Send + Sync + 'static>(
+            r: &crate::auth::refresh::Refreshing<T>,
+            wait: std::time::Duration,
+        ) -> Result<std::sync::Arc<crate::auth::refresh::Expiring<T>>, String> {
+            let mut changes = r.subscribe();
+            if r.current().is_none() && r.last_error().is_none() {
+                let _ = tokio::time::timeout(wait, changes.changed()).await;
+            }
+            r.current().ok_or_else(|| match r.last_error() {
+                Some(e) => e.message,
+                None => format!("no answer within {}", humantime::format_duration(wait)),
+            })
+        }
         let result = match &state.providers[name] {
-            crate::auth::Provider::Token { token, max_wait } => token
-                .get(*max_wait)
+            crate::auth::Provider::Token { token, max_wait } => first(token, *max_wait)
                 .await
                 .map(|t| format!("IAM token valid until {}", t.expires_at.to_rfc3339())),
             crate::auth::Provider::Metadata { creds, max_wait } => {
-                creds.get(*max_wait).await.map(|c| {
+                first(creds, *max_wait).await.map(|c| {
                     format!(
                         "temporary AK/SK {} valid until {}",
                         c.value.key.access_key,
@@ -599,17 +613,27 @@ async fn check_online(mut state: State) -> u8 {
             Err(e) => {
                 eprintln!("online: [credentials.{name}]: FAILED: {e}");
                 failed += 1;
+                failed_credentials.push(name.clone());
             }
         }
     }
     state.config.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     state.config.server.admin_listen = None;
-    let prefixes: Vec<String> = state
-        .config
-        .routes
-        .iter()
-        .map(|r| r.prefix.clone())
-        .collect();
+    // Routes whose credential failed above are not probed (they would only wait and 503).
+    let mut prefixes: Vec<String> = Vec::new();
+    for r in &state.config.routes {
+        match r
+            .credentials
+            .as_ref()
+            .filter(|c| failed_credentials.contains(c))
+        {
+            Some(c) => eprintln!(
+                "online: route {}: skipped, [credentials.{c}] failed",
+                r.prefix
+            ),
+            None => prefixes.push(r.prefix.clone()),
+        }
+    }
     let daemon = match Daemon::bind(state).await {
         Ok(d) => d,
         Err(e) => {

@@ -497,3 +497,67 @@ async fn token_prints_a_valid_token_and_explains_a_wrong_password() {
     assert!(!stderr.contains("wrong\n") && !stderr.contains(PASSWORD));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_fetches_a_token_and_reports_the_exact_failure() {
+    let dir = temp_dir("online-token");
+    let stand_in =
+        modelarts_proxy::dev::StandIn::new(vec![key()], std::sync::Arc::new(chrono::Utc::now))
+            .with_iam(iam());
+    let gw = stand_in
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let config = dir.join("online.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nupstream = \"http://{gw}/v1/infers/svc\"\ncredentials = \"iam\"\n[credentials.iam]\ntype = \"token\"\n\
+             iam_endpoint = \"http://{gw}\"\nuser = \"alice\"\npassword = {{ env = \"TEST_PASSWORD\" }}\ndomain = \"acme\"\nproject = \"cn-north-4\"\n"
+        ),
+    )
+    .unwrap();
+    // Blocking on the child is fine: the stand-in serves from the other worker thread.
+    let check = |password: &str| {
+        cmd(&dir)
+            .env("TEST_PASSWORD", password)
+            .args(["check", "--online", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = check(PASSWORD);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("online: [credentials.iam]: ok, IAM token valid until "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("online: route /: ok, the upstream answered HTTP 200"),
+        "{stdout}"
+    );
+
+    let started = std::time::Instant::now();
+    let out = check("wrong-password");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "online: [credentials.iam]: FAILED: IAM refused a token for user alice in domain acme, project cn-north-4: \
+             HTTP 401: The username or password is wrong."
+        ),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "reported without waiting out max_wait"
+    );
+    assert!(!stderr.contains("wrong-password"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
