@@ -594,7 +594,9 @@ async fn check_online(mut state: State) -> u8 {
             })
         }
         let result = match &state.providers[name] {
-            crate::auth::Provider::Token { token, max_wait } => first(token, *max_wait)
+            crate::auth::Provider::Token {
+                token, max_wait, ..
+            } => first(token, *max_wait)
                 .await
                 .map(|t| format!("IAM token valid until {}", t.expires_at.to_rfc3339())),
             crate::auth::Provider::Metadata { creds, max_wait } => {

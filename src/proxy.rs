@@ -106,6 +106,9 @@ impl State {
                     };
                     same.then(|| p.providers.get(name).cloned()).flatten()
                 });
+            if let Some(kept) = &reusable {
+                kept.retry_if_failing();
+            }
             let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx));
             providers.insert(name.clone(), provider);
         }
@@ -410,6 +413,7 @@ where
             content_length,
         };
         let mut replay = None;
+        let mut used_token = None;
         let body = match provider {
             None => body.boxed_unsync(),
             Some(Provider::AkSk(keys)) => {
@@ -419,12 +423,25 @@ where
                 let creds = creds.get(wait(*max_wait)).await.map_err(unavailable)?;
                 sign_aksk(prepared, &mut headers, body, route, &creds.value, now).await?
             }
-            Some(Provider::Token { token, max_wait }) => {
+            Some(Provider::Token {
+                token, max_wait, ..
+            }) => {
                 let current = token.get(wait(*max_wait)).await.map_err(unavailable)?;
                 headers.insert(X_AUTH_TOKEN, current.value.header.clone());
-                // A small body is kept so that a 401 can be answered by one
-                // replay with a renewed token; a large one streams through.
-                if content_length.is_some_and(|len| len <= REPLAY_BODY_LIMIT) {
+                used_token = Some(current.clone());
+                // A small (or no) body is kept so that a 401 can be answered
+                // by one replay with a renewed token; a large one streams through.
+                let small = content_length.map_or_else(
+                    || {
+                        body.is_end_stream()
+                            || body
+                                .size_hint()
+                                .upper()
+                                .is_some_and(|u| u <= REPLAY_BODY_LIMIT)
+                    },
+                    |len| len <= REPLAY_BODY_LIMIT,
+                );
+                if small {
                     let bytes = body
                         .collect()
                         .await
@@ -462,9 +479,10 @@ where
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
-        Ok::<_, ProxyError>((upstream_req, replay))
+        Ok::<_, ProxyError>((upstream_req, replay, used_token))
     };
-    let (upstream_req, replay) = match tokio::time::timeout_at(deadline, prepare).await {
+    let (upstream_req, replay, used_token) = match tokio::time::timeout_at(deadline, prepare).await
+    {
         Ok(result) => result?,
         Err(_elapsed) => return Err(ProxyError::RequestTimeout(route.timeout)),
     };
@@ -510,7 +528,11 @@ where
                     response = send(again).await?;
                 }
             }
-            None => token.request_renewal(),
+            None => {
+                if let Some(used) = &used_token {
+                    token.request_renewal(used);
+                }
+            }
         }
     }
     let (mut parts, body) = response.into_parts();

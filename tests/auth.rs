@@ -431,3 +431,118 @@ async fn readiness_waits_for_the_first_token() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_get_without_a_body_is_replayed_after_a_401_too() {
+    let (gw, stats) = gateway(|s| s.with_iam(iam(Duration::from_secs(3600)))).await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"iam\"\n{}",
+        token_credentials(gw, PASSWORD, "")
+    ))
+    .await;
+    assert_eq!(
+        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
+            .await
+            .0
+            .status,
+        200
+    );
+    stats.revoke_all_tokens();
+    let (parts, bytes) = send(
+        request("GET", &proxy.url("/items?page=2"))
+            .body(body(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(json(&bytes)["query"], "page=2");
+    assert_eq!(stats.iam_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_stalled_metadata_answer_is_a_failure_not_a_hang() {
+    // Headers, then a body that never finishes.
+    let (_keep_open, stalled) = tokio::sync::oneshot::channel::<()>();
+    let stalled = Arc::new(std::sync::Mutex::new(Some(stalled)));
+    let metadata = upstream(move |_| {
+        let stalled = stalled.clone();
+        async move {
+            let (mut tx, body) = http_body_util::channel::Channel::<
+                bytes::Bytes,
+                modelarts_proxy::error::BoxError,
+            >::new(1);
+            let wait = stalled.lock().unwrap().take();
+            tokio::spawn(async move {
+                tx.send_data(bytes::Bytes::from_static(b"{\"credential\":"))
+                    .await
+                    .unwrap();
+                if let Some(w) = wait {
+                    let _ = w.await;
+                }
+            });
+            http::Response::new(http_body_util::BodyExt::boxed_unsync(body))
+        }
+    })
+    .await;
+    let client = modelarts_proxy::client::build(&Default::default()).unwrap();
+    let endpoint: http::Uri = format!("http://{metadata}/openstack/latest/securitykey")
+        .parse()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        TEST_DEADLINE,
+        modelarts_proxy::auth::metadata::fetch_security_key(&endpoint, &client),
+    )
+    .await
+    .expect("the fetch ends")
+    .unwrap_err();
+    assert!(
+        err.message.contains("did not finish its answer within 3s"),
+        "{}",
+        err.message
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn fixing_the_password_file_and_reloading_fetches_a_token_at_once() {
+    let dir = std::env::temp_dir().join(format!("modelarts-proxy-pwfix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = dir.join("password");
+    std::fs::write(&password, "wrong\n").unwrap();
+    let (gw, stats) = gateway(|s| s.with_iam(iam(Duration::from_secs(3600)))).await;
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nupstream = \"http://{gw}/\"\ncredentials = \"iam\"\n[credentials.iam]\ntype = \"token\"\niam_endpoint = \"http://{gw}\"\n\
+             user = \"alice\"\npassword = {{ file = \"{}\" }}\ndomain = \"acme\"\nproject = \"cn-north-4\"\nmax_wait = \"200ms\"\n",
+            password.display()
+        ),
+    )
+    .unwrap();
+    let proxy = start_proxy(&std::fs::read_to_string(&config).unwrap()).await;
+    assert_eq!(
+        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
+            .await
+            .0
+            .status,
+        503
+    );
+    // IAM said no; the next attempt is 30 s away. The operator fixes the file and reloads.
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    assert!(modelarts_proxy::cli::reload(&proxy.shared, &config));
+    token_provider(&proxy)
+        .get(Duration::from_secs(5))
+        .await
+        .expect("fetched at once after the reload");
+    assert_eq!(
+        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(stats.iam_calls.load(Ordering::SeqCst), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

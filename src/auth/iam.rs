@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, Method, Request, Uri, header};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use crate::client::HttpClient;
@@ -17,6 +17,10 @@ use crate::error::{chain, full};
 
 /// One IAM call gives up after this long (IAM answers in well under a second).
 const IAM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A token answer with `nocatalog=true` is a few KB; the catalog can add
+/// hundreds. Anything larger is not a token answer.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// IAM error bodies are echoed into messages up to this many characters.
 const MAX_ERROR_TEXT: usize = 300;
@@ -146,12 +150,15 @@ pub async fn fetch_token(
     };
     let status = response.status();
     let token = response.headers().get("x-subject-token").cloned();
-    let body: Bytes = tokio::time::timeout(IAM_TIMEOUT, response.into_body().collect())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body: Bytes = tokio::time::timeout(
+        IAM_TIMEOUT,
+        Limited::new(response.into_body(), MAX_ANSWER).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|b| b.to_bytes())
+    .unwrap_or_default();
     if status != http::StatusCode::CREATED {
         // 4xx other than 429 will not heal by retrying: retried slowly.
         let permanent = status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use http::{Method, Request, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 
 use super::iam::parse_time;
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
@@ -18,6 +18,9 @@ use crate::signer::AkSk;
 
 /// The ECS metadata endpoint for temporary credentials.
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254/openstack/latest/securitykey";
+
+/// A temporary-key answer is under 2 KB; anything much larger is not one.
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// The official SDKs give the metadata service 3 s.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
@@ -79,12 +82,28 @@ pub async fn fetch_security_key(
         Ok(Ok(r)) => r,
     };
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    // The body is bounded in time and size too: a stalled answer must not
+    // wedge the one task that keeps the credential fresh.
+    let read = Limited::new(response.into_body(), MAX_ANSWER).collect();
+    let body = match tokio::time::timeout(METADATA_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            return Err(FetchError {
+                message: format!(
+                    "reading the answer of the metadata service at {endpoint} failed: {e}"
+                ),
+                permanent: false,
+            });
+        }
+        Err(_) => {
+            return Err(FetchError {
+                message: format!(
+                    "the metadata service at {endpoint} did not finish its answer within 3s"
+                ),
+                permanent: false,
+            });
+        }
+    };
     if !status.is_success() {
         let hint =
             if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::UNAUTHORIZED {

@@ -46,6 +46,8 @@ pub enum Provider {
     Token {
         token: Arc<Refreshing<iam::Token>>,
         max_wait: Duration,
+        /// Watches a `{ file = … }` password: a fixed file retries at once.
+        password_watch: Option<Arc<Watched<()>>>,
     },
     ApiKey(Arc<Watched<ApiKey>>),
 }
@@ -113,15 +115,36 @@ impl Provider {
                     sources: cx.sources.clone(),
                 };
                 let token = Refreshing::start(
-                    label,
+                    label.clone(),
                     fetcher,
                     Policy::with_margin(t.refresh_margin),
                     cx.clock.clone(),
                     observe,
                 );
+                let password_watch = match &t.request.password {
+                    crate::credentials::SecretSource::File(path) => {
+                        let weak = Arc::downgrade(&token);
+                        let retry = move || {
+                            if let Some(token) = weak.upgrade()
+                                && token.last_error().is_some()
+                            {
+                                token.retry_now();
+                            }
+                            Ok(())
+                        };
+                        Some(Watched::start(
+                            format!("{label}.password"),
+                            (),
+                            vec![path.clone()],
+                            retry,
+                        ))
+                    }
+                    _ => None,
+                };
                 Provider::Token {
                     token,
                     max_wait: t.max_wait,
+                    password_watch,
                 }
             }
             Credentials::Metadata(m) => {
@@ -151,6 +174,22 @@ impl Provider {
             Provider::AkSk(_) | Provider::ApiKey(_) => true,
             Provider::Metadata { creds, .. } => creds.is_ready(),
             Provider::Token { token, .. } => token.is_ready(),
+        }
+    }
+
+    /// After a reload kept this provider: if it is failing, retry now (the
+    /// operator may have fixed the password file or IAM).
+    pub fn retry_if_failing(&self) {
+        match self {
+            Provider::Token { token, .. } if token.last_error().is_some() || !token.is_ready() => {
+                token.retry_now()
+            }
+            Provider::Metadata { creds, .. }
+                if creds.last_error().is_some() || !creds.is_ready() =>
+            {
+                creds.retry_now()
+            }
+            _ => {}
         }
     }
 

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -129,7 +130,13 @@ pub struct Refreshing<T> {
     /// Bumped after every fetch, good or bad, so waiters look again.
     version: watch::Sender<u64>,
     last_error: ArcSwapOption<FetchError>,
+    /// Wakes the task for a renewal (after a rejection) or a retry (after a reload).
     force: Arc<Notify>,
+    /// The address of the credential an upstream rejected (0: none). A forced
+    /// fetch happens only while that credential is still the current one.
+    rejected: AtomicUsize,
+    /// An operator action (reload, a changed password file): retry now, whatever the backoff.
+    retry_requested: AtomicBool,
     clock: Clock,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -150,6 +157,8 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
             version: watch::channel(0).0,
             last_error: ArcSwapOption::empty(),
             force: Arc::new(Notify::new()),
+            rejected: AtomicUsize::new(0),
+            retry_requested: AtomicBool::new(false),
             clock,
             task: Mutex::new(None),
         });
@@ -190,7 +199,9 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
     }
 
     /// After the upstream rejected `stale`: a newer credential. However many
-    /// callers reject the same one, the background task fetches once.
+    /// callers reject the same one, the background task fetches once. While
+    /// fetching is failing, the retry schedule decides (a stream of 401s must
+    /// not make the proxy hammer IAM), so this returns the error at once.
     pub async fn renew(
         &self,
         stale: &Arc<Expiring<T>>,
@@ -198,12 +209,45 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
     ) -> Result<Arc<Expiring<T>>, String> {
         let newer =
             |c: &Option<Arc<Expiring<T>>>| c.as_ref().is_some_and(|c| !Arc::ptr_eq(c, stale));
+        let mut changes = self.version.subscribe();
         let now = self.current();
         if newer(&now) {
             return Ok(now.expect("checked"));
         }
+        if self.last_error.load().is_some() {
+            return Err(self.unavailable(wait));
+        }
+        self.request_renewal(stale);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(self.unavailable(wait)),
+            }
+            let now = self.current();
+            if newer(&now) {
+                return Ok(now.expect("checked"));
+            }
+            if self.last_error.load().is_some() {
+                // The renewal itself failed: no point waiting out `wait`.
+                return Err(self.unavailable(wait));
+            }
+        }
+    }
+
+    /// Asks for a renewal of `stale` without waiting (after a rejection whose
+    /// request cannot be replayed), so the next requests get a new credential.
+    pub fn request_renewal(&self, stale: &Arc<Expiring<T>>) {
+        self.rejected
+            .store(Arc::as_ptr(stale) as usize, Ordering::Release);
         self.force.notify_one();
-        self.wait_for(newer, wait).await
+    }
+
+    /// Retries at once, resetting the backoff (after a reload, or when the
+    /// password file changed): an operator fixed something.
+    pub fn retry_now(&self) {
+        self.retry_requested.store(true, Ordering::Release);
+        self.force.notify_one();
     }
 
     /// Changes after every fetch, good or bad (for observers and tests).
@@ -211,10 +255,15 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
         self.version.subscribe()
     }
 
-    /// Asks for a refresh without waiting (after a rejection whose request
-    /// cannot be replayed), so the next requests get a new credential.
-    pub fn request_renewal(&self) {
-        self.force.notify_one();
+    /// True if an upstream rejected the credential that is current now.
+    fn rejection_pending(&self) -> bool {
+        let rejected = self.rejected.load(Ordering::Acquire);
+        rejected != 0
+            && self
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|c| Arc::as_ptr(c) as usize == rejected)
     }
 
     async fn wait_for(
@@ -254,6 +303,7 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
 
     fn store(&self, fresh: Expiring<T>) {
         self.current.store(Some(Arc::new(fresh)));
+        self.rejected.store(0, Ordering::Release);
         self.last_error.store(None);
         self.version.send_modify(|v| *v += 1);
     }
@@ -280,52 +330,88 @@ async fn refresh_loop<T: Send + Sync + 'static>(
     observe: impl Observe,
 ) {
     let mut failures = 0u32;
+    let mut next_at = tokio::time::Instant::now();
+    let mut last_fetch: Option<tokio::time::Instant> = None;
     loop {
-        let outcome = fetcher.fetch().await;
-        let fetched_at = tokio::time::Instant::now();
-        let delay = {
-            let Some(this) = this.upgrade() else { return };
-            let now = (this.clock)();
-            match outcome {
-                Ok(fresh) => {
-                    failures = 0;
-                    observe.fetched(fresh.expires_at);
-                    let delay = policy.refresh_delay(now, fresh.expires_at);
-                    tracing::info!(
-                        credentials = %this.label,
-                        expires_at = %fresh.expires_at.to_rfc3339(),
-                        "credential refreshed; next refresh in {}",
-                        humantime::format_duration(Duration::from_secs(delay.as_secs()))
-                    );
-                    this.store(fresh);
-                    delay
+        // Sleep until the scheduled fetch, or until a wake-up that still
+        // calls for a fetch. Stale wake-ups (a renewal already satisfied, a
+        // stored permit) go back to sleep.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_at) => break,
+                () = force.notified() => {
+                    let Some(this) = this.upgrade() else { return };
+                    let now = tokio::time::Instant::now();
+                    if this.retry_requested.swap(false, Ordering::AcqRel) {
+                        failures = 0;
+                        break;
+                    }
+                    // While failing, the backoff decides: 401s cannot hammer IAM.
+                    if failures > 0 || !this.rejection_pending() {
+                        continue;
+                    }
+                    // Rate-limited, so a misbehaving upstream cannot either.
+                    let earliest = last_fetch.map_or(now, |t| t + policy.forced_min_interval);
+                    next_at = next_at.min(earliest.max(now));
+                    if next_at <= now {
+                        break;
+                    }
                 }
-                Err(error) => {
-                    failures += 1;
-                    observe.failed(&error);
-                    let delay = jitter(policy.retry_delay(failures, error.permanent));
-                    let still_valid = this.current().map(|c| c.expires_at.to_rfc3339());
-                    tracing::warn!(
-                        credentials = %this.label,
-                        failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        current_valid_until = still_valid.as_deref().unwrap_or("none"),
-                        "credential refresh failed: {}",
-                        error.message
-                    );
-                    this.fail(error);
-                    delay
-                }
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = force.notified() => {
-                // Forced by an upstream 401: rate-limited, so a misbehaving
-                // upstream cannot make the proxy hammer IAM.
-                tokio::time::sleep_until(fetched_at + policy.forced_min_interval).await;
             }
         }
+        let outcome = fetcher.fetch().await;
+        last_fetch = Some(tokio::time::Instant::now());
+        let Some(this) = this.upgrade() else { return };
+        let now = (this.clock)();
+        // A credential that is (nearly) expired on arrival is a failure, not a
+        // reason to fetch again every second: the clocks disagree.
+        let outcome = outcome.and_then(|fresh| {
+            let floor = chrono::Duration::from_std(policy.min_delay).unwrap_or_default();
+            if fresh.expires_at <= now + floor {
+                Err(FetchError {
+                    message: format!(
+                        "received a credential that expires at {}, which is not in the future (is this machine's clock right? it says {})",
+                        fresh.expires_at.to_rfc3339(),
+                        now.to_rfc3339()
+                    ),
+                    permanent: false,
+                })
+            } else {
+                Ok(fresh)
+            }
+        });
+        let delay = match outcome {
+            Ok(fresh) => {
+                failures = 0;
+                observe.fetched(fresh.expires_at);
+                let delay = policy.refresh_delay(now, fresh.expires_at);
+                tracing::info!(
+                    credentials = %this.label,
+                    expires_at = %fresh.expires_at.to_rfc3339(),
+                    "credential refreshed; next refresh in {}",
+                    humantime::format_duration(Duration::from_secs(delay.as_secs()))
+                );
+                this.store(fresh);
+                delay
+            }
+            Err(error) => {
+                failures += 1;
+                observe.failed(&error);
+                let delay = jitter(policy.retry_delay(failures, error.permanent));
+                let still_valid = this.current().map(|c| c.expires_at.to_rfc3339());
+                tracing::warn!(
+                    credentials = %this.label,
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    current_valid_until = still_valid.as_deref().unwrap_or("none"),
+                    "credential refresh failed: {}",
+                    error.message
+                );
+                this.fail(error);
+                delay
+            }
+        };
+        next_at = tokio::time::Instant::now() + delay;
     }
 }
 

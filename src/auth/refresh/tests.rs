@@ -263,3 +263,113 @@ async fn dropping_the_credential_stops_its_task() {
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn rejections_cause_one_refresh_even_after_the_rate_limit_has_passed() {
+    let (r, calls, _) = start(Arc::new(|_| Ok(Duration::from_secs(3600))), None);
+    let stale = r.get(Duration::from_secs(1)).await.unwrap();
+    let renewals: Vec<_> = (0..20)
+        .map(|_| {
+            let (r, stale) = (r.clone(), stale.clone());
+            tokio::spawn(async move {
+                r.renew(&stale, Duration::from_secs(30))
+                    .await
+                    .map(|c| c.value)
+            })
+        })
+        .collect();
+    for t in renewals {
+        assert_eq!(t.await.unwrap(), Ok(1));
+    }
+    // No stored wake-up makes a second, unasked-for fetch later.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_while_iam_refuses_do_not_bypass_the_backoff() {
+    // The token still looks valid, but its password was changed: every later
+    // fetch is refused. A 401 per second must not become an IAM call per second.
+    let (r, calls, _) = start(
+        Arc::new(|n| {
+            if n == 0 {
+                Ok(Duration::from_secs(3600))
+            } else {
+                Err(FetchError {
+                    message: "wrong password".into(),
+                    permanent: true,
+                })
+            }
+        }),
+        None,
+    );
+    let stale = r.get(Duration::from_secs(1)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let first = r.renew(&stale, Duration::from_secs(10)).await;
+    assert_eq!(
+        first.unwrap_err(),
+        "[credentials.test] has no valid credential: wrong password"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the failed renewal answers at once"
+    );
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = tokio::time::Instant::now();
+        assert!(r.renew(&stale, Duration::from_secs(10)).await.is_err());
+        assert!(
+            t.elapsed() < Duration::from_millis(10),
+            "no waiting while failing"
+        );
+        // A 401 on a request that cannot be replayed asks without waiting.
+        r.request_renewal(&stale);
+    }
+    // The first fetch, one forced renewal, then the 30 s / 60 s backoff: four at most.
+    let n = calls.load(Ordering::SeqCst);
+    assert!(n <= 4, "{n} IAM calls in a minute of 401s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_that_arrives_expired_is_a_failure_with_backoff() {
+    let (r, calls, _) = start(Arc::new(|_| Ok(Duration::ZERO)), None);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // 1, 2, 4, 8, 16, 32 s (±20%): at most eight attempts in a minute, not sixty.
+    let n = calls.load(Ordering::SeqCst);
+    assert!(n <= 8, "{n} fetches in a minute");
+    let err = r.last_error().unwrap().message;
+    assert!(
+        err.contains("is not in the future (is this machine's clock right?"),
+        "{err}"
+    );
+    assert!(r.current().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_now_resets_a_permanent_backoff() {
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = fixed.clone();
+    let (r, calls, _) = start(
+        Arc::new(move |_| {
+            if f.load(Ordering::SeqCst) {
+                Ok(Duration::from_secs(3600))
+            } else {
+                Err(FetchError {
+                    message: "wrong password".into(),
+                    permanent: true,
+                })
+            }
+        }),
+        None,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The operator fixes the password; the next attempt would be 30 s away.
+    fixed.store(true, Ordering::SeqCst);
+    r.retry_now();
+    let c = r
+        .get(Duration::from_secs(2))
+        .await
+        .expect("fetched at once");
+    assert_eq!(c.value, 1);
+}
