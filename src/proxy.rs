@@ -414,6 +414,7 @@ where
         };
         let mut replay = None;
         let mut used_token = None;
+        let mut used_temporary = None;
         let body = match provider {
             None => body.boxed_unsync(),
             Some(Provider::AkSk(keys)) => {
@@ -421,6 +422,7 @@ where
             }
             Some(Provider::Metadata { creds, max_wait }) => {
                 let creds = creds.get(wait(*max_wait)).await.map_err(unavailable)?;
+                used_temporary = Some(creds.clone());
                 sign_aksk(prepared, &mut headers, body, route, &creds.value, now).await?
             }
             Some(Provider::Token {
@@ -479,13 +481,13 @@ where
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
-        Ok::<_, ProxyError>((upstream_req, replay, used_token))
+        Ok::<_, ProxyError>((upstream_req, replay, used_token, used_temporary))
     };
-    let (upstream_req, replay, used_token) = match tokio::time::timeout_at(deadline, prepare).await
-    {
-        Ok(result) => result?,
-        Err(_elapsed) => return Err(ProxyError::RequestTimeout(route.timeout)),
-    };
+    let (upstream_req, replay, used_token, used_temporary) =
+        match tokio::time::timeout_at(deadline, prepare).await {
+            Ok(result) => result?,
+            Err(_elapsed) => return Err(ProxyError::RequestTimeout(route.timeout)),
+        };
     let uri = upstream_req.uri().clone();
     let send = |req| async {
         match tokio::time::timeout_at(deadline, state.client.request(req)).await {
@@ -494,6 +496,19 @@ where
         }
     };
     let mut response = send(upstream_req).await?;
+    // Temporary AK/SK rejected (revoked, or the agency changed): ask for new
+    // ones so the next requests use them. Same single flight and backoff as tokens.
+    if response.status() == http::StatusCode::UNAUTHORIZED
+        && let (Some(used), Some(Provider::Metadata { creds, .. })) = (
+            &used_temporary,
+            route
+                .credentials
+                .as_ref()
+                .and_then(|n| state.providers.get(n)),
+        )
+    {
+        creds.request_renewal(used);
+    }
     if response.status() == http::StatusCode::UNAUTHORIZED
         && let Some(Provider::Token { token, .. }) = route
             .credentials

@@ -546,3 +546,43 @@ async fn fixing_the_password_file_and_reloading_fetches_a_token_at_once() {
     assert_eq!(stats.iam_calls.load(Ordering::SeqCst), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
+    let (gw, stats) = gateway(|s| s.with_metadata(Duration::from_secs(3600))).await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"ecs\"\n[credentials.ecs]\ntype = \"aksk\"\nsource = \"metadata\"\nmetadata_endpoint = \"http://{gw}/openstack/latest/securitykey\"\n"
+    ))
+    .await;
+    assert_eq!(
+        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
+            .await
+            .0
+            .status,
+        200
+    );
+    let Provider::Metadata { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
+    else {
+        panic!()
+    };
+    let mut changes = creds.subscribe();
+    // The agency's keys are revoked: the gateway answers 401, and the proxy asks for new keys.
+    stats.revoke_all_credentials();
+    let (parts, _) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    assert_eq!(
+        parts.status, 401,
+        "the rejected request is returned as it is"
+    );
+    tokio::time::timeout(TEST_DEADLINE, changes.changed())
+        .await
+        .expect("renewed")
+        .unwrap();
+    assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
+            .await
+            .0
+            .status,
+        200
+    );
+}
