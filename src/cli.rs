@@ -979,7 +979,7 @@ async fn token(args: TokenArgs) -> u8 {
 }
 
 async fn dev(args: DevArgs) -> u8 {
-    use crate::dev::{StandIn, StandInIam, demo_key};
+    use crate::dev::{StandIn, StandInIam, demo_key, random_text};
     let key = demo_key();
     let sources = DemoSources {
         ak: key.access_key.clone(),
@@ -1080,16 +1080,6 @@ app_code = {{ env = "DEMO_APP_CODE" }}
     log_startup(&daemon);
     daemon.run(shutdown_signal()).await;
     0
-}
-
-/// `n` random letters and digits (demo passwords and app codes).
-fn random_text(n: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).expect("the OS random source is available");
-    buf.iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
 }
 
 /// Hands the demo key to the config loader without touching the process environment.

@@ -35,7 +35,7 @@ use crate::error::{ProxyBody, full};
 use crate::proxy::Clock;
 use crate::secret::Secret;
 use crate::signer::AkSk;
-use crate::signer::verify::{VerifyError, parse_authorization, verify};
+use crate::signer::verify::{constant_time_eq, parse_authorization, verify};
 
 /// The gateway rejects an `X-Sdk-Date` more than 15 minutes from its clock.
 pub const DATE_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
@@ -471,7 +471,7 @@ impl StandIn {
             DATE_WINDOW,
         )
         .map(|_| ())
-        .map_err(|e| refuse(verify_reason(&e)))
+        .map_err(|e| refuse(e.to_string()))
     }
 
     fn check_token(&self, token: &HeaderValue, now: DateTime<Utc>) -> Result<(), Refusal> {
@@ -597,37 +597,8 @@ fn iam_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     )
 }
 
-/// The `VerifyError` text, with any credential header's value taken out of
-/// the canonical request it may quote.
-fn verify_reason(err: &VerifyError) -> String {
-    match err {
-        VerifyError::SignatureMismatch {
-            canonical_request,
-            string_to_sign,
-        } => {
-            let canonical_request = canonical_request
-                .split('\n')
-                .map(|line| match line.split_once(':') {
-                    Some((name, _)) if REDACTED_HEADERS.contains(&name) => {
-                        format!("{name}:** redacted **")
-                    }
-                    _ => line.to_owned(),
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            VerifyError::SignatureMismatch {
-                canonical_request,
-                string_to_sign: string_to_sign.clone(),
-            }
-            .to_string()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Headers that carry a credential; echoed as `** redacted **`, since echo
-/// output gets pasted into tickets. (`Authorization` holds only a signature.)
-const REDACTED_HEADERS: &[&str] = &["x-security-token", "x-auth-token", "x-apig-appcode"];
+/// Echo output gets pasted into tickets: credential headers are shown as `** redacted **`.
+const REDACTED_HEADERS: &[&str] = crate::signer::CREDENTIAL_HEADERS;
 
 /// What the service received, as JSON.
 fn echo(parts: &http::request::Parts, body: &Bytes, auth: Auth) -> serde_json::Value {
@@ -753,10 +724,6 @@ fn fake_id(kind: &str, name: &str) -> String {
     hex::encode(&Sha256::digest(format!("{kind}:{name}"))[..16])
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `n` random characters from `alphabet` (at most 256 characters long).
 fn random_string(n: usize, alphabet: &[u8]) -> String {
     let mut buf = vec![0u8; n];
@@ -764,6 +731,11 @@ fn random_string(n: usize, alphabet: &[u8]) -> String {
     buf.iter()
         .map(|b| alphabet[*b as usize % alphabet.len()] as char)
         .collect()
+}
+
+/// `n` random letters and digits (demo passwords, app codes, ids).
+pub fn random_text(n: usize) -> String {
+    random_string(n, ALPHANUMERIC)
 }
 
 /// A random demo key pair: `DEMO` + 16 characters, and a 40-character secret.

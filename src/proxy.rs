@@ -379,6 +379,10 @@ where
     // apart from waiting on the upstream, so a stalled upload is a 408 and not
     // blamed on the upstream.
     let deadline = tokio::time::Instant::now() + route.timeout;
+    let provider = route
+        .credentials
+        .as_ref()
+        .and_then(|name| state.providers.get(name));
     let prepare = async {
         let path_and_query =
             upstream_path_and_query(&route.upstream.base_path, rest, parts.uri.query());
@@ -397,10 +401,6 @@ where
         for (name, value) in &route.headers {
             headers.insert(name.clone(), value.clone());
         }
-        let provider = route
-            .credentials
-            .as_ref()
-            .and_then(|name| state.providers.get(name));
         // Waiting for a first credential is bounded by its max_wait and by
         // this request's deadline (so it ends as a 503, not a 408).
         let wait = |max: Duration| {
@@ -499,21 +499,12 @@ where
     // Temporary AK/SK rejected (revoked, or the agency changed): ask for new
     // ones so the next requests use them. Same single flight and backoff as tokens.
     if response.status() == http::StatusCode::UNAUTHORIZED
-        && let (Some(used), Some(Provider::Metadata { creds, .. })) = (
-            &used_temporary,
-            route
-                .credentials
-                .as_ref()
-                .and_then(|n| state.providers.get(n)),
-        )
+        && let (Some(used), Some(Provider::Metadata { creds, .. })) = (&used_temporary, provider)
     {
         creds.request_renewal(used);
     }
     if response.status() == http::StatusCode::UNAUTHORIZED
-        && let Some(Provider::Token { token, .. }) = route
-            .credentials
-            .as_ref()
-            .and_then(|n| state.providers.get(n))
+        && let Some(Provider::Token { token, .. }) = provider
     {
         // The token was rejected: renew it (one IAM call however many
         // requests saw the 401) and replay once if the body was kept.
@@ -574,20 +565,14 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 /// `Connection` header names), no client credentials, no Host, no Expect
 /// (the proxy has already read, or is streaming, the body).
 fn forward_headers(src: &HeaderMap) -> HeaderMap {
-    let listed: Vec<String> = src
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
+    let listed = connection_listed(src);
     let mut out = HeaderMap::with_capacity(src.len() + 6);
     for (name, value) in src {
         let drop = HOP_BY_HOP.contains(&name.as_str())
             || CLIENT_CREDENTIAL_HEADERS.contains(&name.as_str())
             || name == header::HOST
             || name == header::EXPECT
-            || listed.iter().any(|l| l == name.as_str());
+            || listed.contains(name);
         if !drop {
             out.append(name.clone(), value.clone());
         }
@@ -596,19 +581,23 @@ fn forward_headers(src: &HeaderMap) -> HeaderMap {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The headers a `Connection` header names: hop-by-hop as well (RFC 9110 §7.6.1).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-    for name in &listed {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 fn classify_upstream_error(

@@ -8,7 +8,7 @@ pub mod metadata;
 pub mod refresh;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -226,6 +226,26 @@ impl Observe for CredentialMetrics {
     }
 }
 
+/// The task that keeps a credential current; aborted when its owner is
+/// dropped (a reload replaced it). Set once, after the owner exists, because
+/// the task holds only a `Weak` to it.
+#[derive(Default)]
+pub(crate) struct BackgroundTask(OnceLock<AbortHandle>);
+
+impl BackgroundTask {
+    pub(crate) fn set(&self, task: AbortHandle) {
+        let _ = self.0.set(task);
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.get() {
+            task.abort();
+        }
+    }
+}
+
 /// (modified, length) of a file, or `None` if it cannot be read.
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -243,7 +263,7 @@ pub struct Watched<T> {
     files: Vec<PathBuf>,
     stamps: Mutex<Vec<Stamp>>,
     reload: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
-    task: Mutex<Option<AbortHandle>>,
+    task: BackgroundTask,
 }
 
 impl<T: Send + Sync + 'static> Watched<T> {
@@ -261,7 +281,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
             files,
             stamps: Mutex::new(stamps),
             reload: Box::new(reload),
-            task: Mutex::new(None),
+            task: BackgroundTask::default(),
         });
         if !this.files.is_empty() {
             let weak = Arc::downgrade(&this);
@@ -274,7 +294,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
                     this.check_now();
                 }
             });
-            *this.task.lock().expect("not poisoned") = Some(task.abort_handle());
+            this.task.set(task.abort_handle());
         }
         this
     }
@@ -309,14 +329,6 @@ impl<T: Send + Sync + 'static> Watched<T> {
                 tracing::error!(credentials = %self.label, "credential files changed but cannot be used; keeping the previous credential: {e}");
                 false
             }
-        }
-    }
-}
-
-impl<T> Drop for Watched<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
         }
     }
 }

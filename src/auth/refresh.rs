@@ -12,13 +12,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
-use tokio::task::AbortHandle;
+
+use super::BackgroundTask;
 
 use crate::proxy::Clock;
 
@@ -138,7 +139,7 @@ pub struct Refreshing<T> {
     /// An operator action (reload, a changed password file): retry now, whatever the backoff.
     retry_requested: AtomicBool,
     clock: Clock,
-    task: Mutex<Option<AbortHandle>>,
+    task: BackgroundTask,
 }
 
 impl<T: Send + Sync + 'static> Refreshing<T> {
@@ -160,7 +161,7 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
             rejected: AtomicUsize::new(0),
             retry_requested: AtomicBool::new(false),
             clock,
-            task: Mutex::new(None),
+            task: BackgroundTask::default(),
         });
         let task = tokio::spawn(refresh_loop(
             Arc::downgrade(&this),
@@ -169,7 +170,7 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
             policy,
             observe,
         ));
-        *this.task.lock().expect("not poisoned") = Some(task.abort_handle());
+        this.task.set(task.abort_handle());
         this
     }
 
@@ -192,10 +193,17 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
     /// The current credential, waiting up to `wait` if there is none yet.
     /// The error names the last fetch failure.
     pub async fn get(&self, wait: Duration) -> Result<Arc<Expiring<T>>, String> {
-        if let Some(c) = self.current() {
-            return Ok(c);
+        let mut changes = self.version.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(c) = self.current() {
+                return Ok(c);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(self.unavailable(wait)),
+            }
         }
-        self.wait_for(|c| c.is_some(), wait).await
     }
 
     /// After the upstream rejected `stale`: a newer credential. However many
@@ -266,25 +274,6 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
                 .is_some_and(|c| Arc::as_ptr(c) as usize == rejected)
     }
 
-    async fn wait_for(
-        &self,
-        done: impl Fn(&Option<Arc<Expiring<T>>>) -> bool,
-        wait: Duration,
-    ) -> Result<Arc<Expiring<T>>, String> {
-        let mut changes = self.version.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let now = self.current();
-            if done(&now) {
-                return Ok(now.expect("done implies a credential"));
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return Err(self.unavailable(wait)),
-            }
-        }
-    }
-
     fn unavailable(&self, wait: Duration) -> String {
         match self.last_error.load_full() {
             Some(e) => format!("[{}] has no valid credential: {}", self.label, e.message),
@@ -311,14 +300,6 @@ impl<T: Send + Sync + 'static> Refreshing<T> {
     fn fail(&self, error: FetchError) {
         self.last_error.store(Some(Arc::new(error)));
         self.version.send_modify(|v| *v += 1);
-    }
-}
-
-impl<T> Drop for Refreshing<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-        }
     }
 }
 

@@ -44,6 +44,11 @@ pub const X_SDK_CONTENT_SHA256: &str = "x-sdk-content-sha256";
 /// Header carrying the security token of temporary AK/SK credentials.
 pub const X_SECURITY_TOKEN: &str = "x-security-token";
 
+/// Headers whose values are credentials: hidden wherever a request is shown
+/// (`Debug`, [`CanonicalRequest::redacted`], the stand-in's echo).
+/// `Authorization` holds only a signature.
+pub const CREDENTIAL_HEADERS: &[&str] = &[X_SECURITY_TOKEN, "x-auth-token", "x-apig-appcode"];
+
 /// An access key / secret key pair, optionally temporary.
 #[derive(Clone, Debug)]
 pub struct AkSk {
@@ -89,7 +94,7 @@ impl fmt::Debug for SignableRequest<'_> {
             .headers
             .iter()
             .map(|&(n, v)| {
-                if n.eq_ignore_ascii_case(X_SECURITY_TOKEN) {
+                if CREDENTIAL_HEADERS.iter().any(|c| n.eq_ignore_ascii_case(c)) {
                     (n, "** redacted **")
                 } else {
                     (n, v)
@@ -249,18 +254,15 @@ impl CanonicalRequest {
         &self.text
     }
 
-    /// The text with the `x-security-token` value replaced, safe to log or show.
+    /// The text with credential header values replaced, safe to log or show.
     pub fn redacted(&self) -> String {
         self.text
             .split('\n')
-            .map(|line| {
-                match line
-                    .strip_prefix(X_SECURITY_TOKEN)
-                    .and_then(|r| r.strip_prefix(':'))
-                {
-                    Some(_) => "x-security-token:** redacted **",
-                    None => line,
+            .map(|line| match line.split_once(':') {
+                Some((name, _)) if CREDENTIAL_HEADERS.contains(&name) => {
+                    format!("{name}:** redacted **")
                 }
+                _ => line.to_owned(),
             })
             .collect::<Vec<_>>()
             .join("\n")
