@@ -50,6 +50,15 @@ fn token_credentials(addr: std::net::SocketAddr, password: &str, extra: &str) ->
     )
 }
 
+/// A proxy with one route `/` to `{gw}{path}` with token credentials (`extra` keys added).
+async fn token_proxy(gw: std::net::SocketAddr, path: &str, extra: &str) -> Proxy {
+    start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{gw}{path}\"\ncredentials = \"iam\"\n{}",
+        token_credentials(gw, PASSWORD, extra)
+    ))
+    .await
+}
+
 fn token_provider(
     proxy: &Proxy,
 ) -> Arc<modelarts_proxy::auth::refresh::Refreshing<modelarts_proxy::auth::iam::Token>> {
@@ -62,11 +71,7 @@ fn token_provider(
 #[tokio::test]
 async fn token_routes_send_a_large_fresh_token_the_gateway_accepts() {
     let (gw, stats) = gateway(|s| s.with_iam(iam(Duration::from_secs(3600)))).await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nupstream = \"http://{gw}/v1/infers/svc\"\ncredentials = \"iam\"\n{}",
-        token_credentials(gw, PASSWORD, "")
-    ))
-    .await;
+    let proxy = token_proxy(gw, "/v1/infers/svc", "").await;
     let req = request("POST", &proxy.url("/"))
         .header("content-type", "application/json")
         .body(body("{\"a\":1}"))
@@ -87,11 +92,7 @@ async fn token_routes_send_a_large_fresh_token_the_gateway_accepts() {
 #[tokio::test]
 async fn two_hundred_concurrent_requests_on_a_cold_start_make_one_iam_call() {
     let (gw, stats) = gateway(|s| s.with_iam(iam(Duration::from_secs(3600)))).await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nupstream = \"http://{gw}/\"\ncredentials = \"iam\"\n{}",
-        token_credentials(gw, PASSWORD, "")
-    ))
-    .await;
+    let proxy = token_proxy(gw, "/", "").await;
     let requests: Vec<_> = (0..200)
         .map(|i| {
             tokio::spawn(send(
@@ -116,7 +117,7 @@ async fn iam_down_at_start_gives_503_after_a_bounded_wait_then_recovers() {
         token_credentials(gw, PASSWORD, "max_wait = \"300ms\"")
     ))
     .await;
-    let (parts, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url("/")).await;
     assert_proxy_error(&parts, &bytes, 503, "credentials_unavailable");
     let message = json(&bytes)["error"]["message"]
         .as_str()
@@ -136,13 +137,7 @@ async fn iam_down_at_start_gives_503_after_a_bounded_wait_then_recovers() {
         .get(Duration::from_secs(15))
         .await
         .expect("recovered");
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }
 
 #[tokio::test]
@@ -154,7 +149,7 @@ async fn a_wrong_password_is_a_clear_error_that_does_not_hammer_iam() {
     ))
     .await;
     for _ in 0..5 {
-        let (parts, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+        let (parts, bytes) = get(&proxy.url("/")).await;
         assert_proxy_error(&parts, &bytes, 503, "credentials_unavailable");
         let message = json(&bytes)["error"]["message"]
             .as_str()
@@ -173,18 +168,8 @@ async fn a_wrong_password_is_a_clear_error_that_does_not_hammer_iam() {
 #[tokio::test]
 async fn an_upstream_401_renews_the_token_and_replays_the_request_once() {
     let (gw, stats) = gateway(|s| s.with_iam(iam(Duration::from_secs(3600)))).await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"iam\"\n{}",
-        token_credentials(gw, PASSWORD, "")
-    ))
-    .await;
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    let proxy = token_proxy(gw, "/v1", "").await;
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
     // The gateway forgets the token (as after a password change).
     stats.revoke_all_tokens();
     let req = request("POST", &proxy.url("/"))
@@ -336,13 +321,7 @@ async fn metadata_credentials_sign_requests_and_are_refreshed_before_they_expire
     assert_ne!(second.value.key.access_key, first.value.key.access_key);
     assert!(refreshed_at < first.expires_at, "refreshed before expiry");
     assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }
 
 #[tokio::test]
@@ -374,7 +353,7 @@ async fn rotated_key_files_are_picked_up_without_a_restart() {
             .unwrap()
             .to_owned()
     };
-    let (_, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (_, bytes) = get(&proxy.url("/")).await;
     assert!(access(&bytes).contains(&format!("Access={AK},")));
 
     std::fs::write(&ak, format!("{}\n", new_key.access_key)).unwrap();
@@ -384,20 +363,14 @@ async fn rotated_key_files_are_picked_up_without_a_restart() {
     };
     // What the 5-second poll does, without waiting for it.
     assert!(watched.check_now());
-    let (parts, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url("/")).await;
     assert_eq!(parts.status, 200);
     assert!(access(&bytes).contains("Access=AKROTATED0000000002,"));
 
     // A broken file keeps the working key.
     std::fs::write(&sk, "").unwrap();
     assert!(!watched.check_now());
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -435,25 +408,10 @@ async fn readiness_waits_for_the_first_token() {
 #[tokio::test]
 async fn a_get_without_a_body_is_replayed_after_a_401_too() {
     let (gw, stats) = gateway(|s| s.with_iam(iam(Duration::from_secs(3600)))).await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"iam\"\n{}",
-        token_credentials(gw, PASSWORD, "")
-    ))
-    .await;
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    let proxy = token_proxy(gw, "/v1", "").await;
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
     stats.revoke_all_tokens();
-    let (parts, bytes) = send(
-        request("GET", &proxy.url("/items?page=2"))
-            .body(body(""))
-            .unwrap(),
-    )
-    .await;
+    let (parts, bytes) = get(&proxy.url("/items?page=2")).await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!(json(&bytes)["query"], "page=2");
     assert_eq!(stats.iam_calls.load(Ordering::SeqCst), 2);
@@ -522,13 +480,7 @@ async fn fixing_the_password_file_and_reloading_fetches_a_token_at_once() {
     )
     .unwrap();
     let proxy = start_proxy(&std::fs::read_to_string(&config).unwrap()).await;
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        503
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 503);
     // IAM said no; the next attempt is 30 s away. The operator fixes the file and reloads.
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
     assert!(modelarts_proxy::cli::reload(&proxy.shared, &config));
@@ -536,13 +488,7 @@ async fn fixing_the_password_file_and_reloading_fetches_a_token_at_once() {
         .get(Duration::from_secs(5))
         .await
         .expect("fetched at once after the reload");
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
     assert_eq!(stats.iam_calls.load(Ordering::SeqCst), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -554,13 +500,7 @@ async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
         "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"ecs\"\n[credentials.ecs]\ntype = \"aksk\"\nsource = \"metadata\"\nmetadata_endpoint = \"http://{gw}/openstack/latest/securitykey\"\n"
     ))
     .await;
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
     let Provider::Metadata { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
     else {
         panic!()
@@ -568,7 +508,7 @@ async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
     let mut changes = creds.subscribe();
     // The agency's keys are revoked: the gateway answers 401, and the proxy asks for new keys.
     stats.revoke_all_credentials();
-    let (parts, _) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (parts, _) = get(&proxy.url("/")).await;
     assert_eq!(
         parts.status, 401,
         "the rejected request is returned as it is"
@@ -578,11 +518,5 @@ async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
         .expect("renewed")
         .unwrap();
     assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }

@@ -16,6 +16,26 @@ const TOKEN: &str = "sts-TOKEN-Qw8-never-log-me";
 const PASSWORD: &str = "iam-PASSWORD-never-log-me";
 const APP_CODE: &str = "app-CODE-never-log-me-0123456789";
 
+/// Writes `dir/{name}.toml`: one route to `{iam}{path}` with token credentials
+/// for alice at the stand-in IAM `iam`, her password in `TEST_PASSWORD`.
+fn token_config(
+    dir: &std::path::Path,
+    name: &str,
+    iam: std::net::SocketAddr,
+    path: &str,
+) -> PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nupstream = \"http://{iam}{path}\"\ncredentials = \"iam\"\n[credentials.iam]\ntype = \"token\"\n\
+             iam_endpoint = \"http://{iam}\"\nuser = \"alice\"\npassword = {{ env = \"TEST_PASSWORD\" }}\ndomain = \"acme\"\nproject = \"cn-north-4\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The stand-in IAM's user alice (domain acme, project cn-north-4).
 fn iam() -> modelarts_proxy::dev::StandInIam {
     modelarts_proxy::dev::StandInIam {
@@ -365,16 +385,7 @@ security_token = {{ env = "TEST_TOKEN" }}
         "the token was sent (and the stand-in redacts it)"
     );
     bodies.push(
-        String::from_utf8_lossy(
-            &send(
-                request("GET", &format!("http://{admin}/metrics"))
-                    .body(body(""))
-                    .unwrap(),
-            )
-            .await
-            .1,
-        )
-        .into_owned(),
+        String::from_utf8_lossy(&get(&format!("http://{admin}/metrics")).await.1).into_owned(),
     );
 
     assert!(
@@ -456,15 +467,7 @@ async fn token_prints_a_valid_token_and_explains_a_wrong_password() {
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let config = dir.join("token.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[route]]\nupstream = \"http://{iam_addr}/\"\ncredentials = \"iam\"\n[credentials.iam]\ntype = \"token\"\n\
-             iam_endpoint = \"http://{iam_addr}\"\nuser = \"alice\"\npassword = {{ env = \"TEST_PASSWORD\" }}\ndomain = \"acme\"\nproject = \"cn-north-4\"\n"
-        ),
-    )
-    .unwrap();
+    let config = token_config(&dir, "token", iam_addr, "/");
     // Blocking on the child is fine: the stand-in serves from the other worker thread.
     let out = cmd(&dir)
         .env("TEST_PASSWORD", PASSWORD)
@@ -508,15 +511,7 @@ async fn check_online_fetches_a_token_and_reports_the_exact_failure() {
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let config = dir.join("online.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[route]]\nupstream = \"http://{gw}/v1/infers/svc\"\ncredentials = \"iam\"\n[credentials.iam]\ntype = \"token\"\n\
-             iam_endpoint = \"http://{gw}\"\nuser = \"alice\"\npassword = {{ env = \"TEST_PASSWORD\" }}\ndomain = \"acme\"\nproject = \"cn-north-4\"\n"
-        ),
-    )
-    .unwrap();
+    let config = token_config(&dir, "online", gw, "/v1/infers/svc");
     // Blocking on the child is fine: the stand-in serves from the other worker thread.
     let check = |password: &str| {
         cmd(&dir)

@@ -164,7 +164,7 @@ async fn query_strings_are_forwarded_byte_for_byte_and_signed() {
 async fn unicode_and_encoded_slash_paths_are_forwarded_as_sent() {
     let (proxy, _) = signing_proxy("").await;
     let path = "/%E5%AF%B9%E8%B1%A1/a%2Fb/./c/../d//e~f%20g+h";
-    let (parts, bytes) = send(request("GET", &proxy.url(path)).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url(path)).await;
     let v = echo_ok(&parts, &bytes);
     assert_eq!(v["path"], format!("/v1/infers/svc{path}"));
 }
@@ -197,7 +197,7 @@ credentials = "test"
         ("/v2x", "/root/v2x"),
         ("/v2/special/a", "/special/a"),
     ] {
-        let (parts, bytes) = send(request("GET", &proxy.url(path)).body(body("")).unwrap()).await;
+        let (parts, bytes) = get(&proxy.url(path)).await;
         assert_eq!(echo_ok(&parts, &bytes)["path"], want, "for {path}");
     }
 }
@@ -446,12 +446,7 @@ async fn unknown_paths_get_no_route() {
         "[[route]]\nprefix = \"/v1\"\nupstream = \"http://{upstream}/x\"\n"
     ))
     .await;
-    let (parts, bytes) = send(
-        request("GET", &proxy.url("/v2/other"))
-            .body(body(""))
-            .unwrap(),
-    )
-    .await;
+    let (parts, bytes) = get(&proxy.url("/v2/other")).await;
     assert_proxy_error(&parts, &bytes, 404, "no_route");
     assert!(
         json(&bytes)["error"]["message"]
@@ -530,7 +525,7 @@ async fn a_bad_signature_from_the_upstream_is_passed_through_untouched() {
         "[[route]]\nupstream = \"http://{upstream}/\"\ncredentials = \"bad\"\n[credentials.bad]\ntype = \"aksk\"\naccess_key = {{ env = \"TEST_AK\" }}\nsecret_key = \"wrong-secret\"\n"
     );
     let proxy = start_proxy(&toml).await;
-    let (parts, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url("/")).await;
     assert_eq!(parts.status, 401);
     assert!(parts.headers.get("x-modelarts-proxy-error").is_none());
     assert!(String::from_utf8_lossy(&bytes).contains("signature mismatch"));

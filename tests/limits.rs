@@ -253,7 +253,7 @@ async fn an_unreachable_upstream_gets_502_and_the_proxy_keeps_serving() {
         "[[route]]\nprefix = \"/down\"\nupstream = \"http://{closed}/\"\ncredentials = \"test\"\n[[route]]\nprefix = \"/up\"\nupstream = \"http://{live}/\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
     );
     let proxy = start_proxy(&toml).await;
-    let (parts, bytes) = send(request("GET", &proxy.url("/down")).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url("/down")).await;
     assert_proxy_error(&parts, &bytes, 502, "upstream_unreachable");
     let msg = json(&bytes)["error"]["message"]
         .as_str()
@@ -263,13 +263,7 @@ async fn an_unreachable_upstream_gets_502_and_the_proxy_keeps_serving() {
         msg.starts_with(&format!("cannot connect to upstream {closed}")),
         "{msg}"
     );
-    assert_eq!(
-        send(request("GET", &proxy.url("/up")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/up")).await.0.status, 200);
 }
 
 #[tokio::test]
@@ -280,33 +274,18 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     ))
     .await;
     let admin = proxy.admin.unwrap();
-    send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    get(&proxy.url("/")).await;
     send(
         request("POST", &proxy.url("/"))
             .body(body(vec![0; MIB12 + 1]))
             .unwrap(),
     )
     .await;
-    let (parts, bytes) = send(
-        request("GET", &format!("http://{admin}/healthz"))
-            .body(body(""))
-            .unwrap(),
-    )
-    .await;
+    let (parts, bytes) = get(&format!("http://{admin}/healthz")).await;
     assert_eq!((parts.status.as_u16(), &bytes[..]), (200, &b"ok\n"[..]));
-    let (parts, _) = send(
-        request("GET", &format!("http://{admin}/readyz"))
-            .body(body(""))
-            .unwrap(),
-    )
-    .await;
+    let (parts, _) = get(&format!("http://{admin}/readyz")).await;
     assert_eq!(parts.status, 200);
-    let (_, bytes) = send(
-        request("GET", &format!("http://{admin}/metrics"))
-            .body(body(""))
-            .unwrap(),
-    )
-    .await;
+    let (_, bytes) = get(&format!("http://{admin}/metrics")).await;
     let text = String::from_utf8_lossy(&bytes);
     assert!(
         text.contains("modelarts_proxy_requests_total{route=\"/\",status=\"200\"} 1"),
@@ -362,11 +341,7 @@ async fn reload_swaps_a_good_config_and_keeps_the_old_one_on_error() {
     let b = upstream(|_| async { text_response(200, "b") }).await;
     std::fs::write(&path, format!("[[route]]\nupstream = \"http://{a}/\"\n")).unwrap();
     let proxy = start_proxy(&std::fs::read_to_string(&path).unwrap()).await;
-    let get = || async {
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .1
-    };
+    let get = || async { get(&proxy.url("/")).await.1 };
     assert_eq!(&get().await[..], b"a");
 
     std::fs::write(&path, format!("[[route]]\nupstream = \"http://{b}/\"\n")).unwrap();

@@ -529,12 +529,7 @@ async fn one_valid_credential_is_enough_and_failures_list_every_reason() {
 async fn metadata_credentials_sign_requests_until_they_expire() {
     let clock = TestClock::new();
     let (addr, stats) = start(&clock).await;
-    let (parts, bytes) = send(
-        request("GET", &url(addr, "/openstack/latest/securitykey"))
-            .body(body(""))
-            .unwrap(),
-    )
-    .await;
+    let (parts, bytes) = get(&url(addr, "/openstack/latest/securitykey")).await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
     let (temp, expires_at) = metadata_key(&bytes);
     assert_eq!(
@@ -571,14 +566,7 @@ async fn metadata_credentials_sign_requests_until_they_expire() {
 async fn metadata_issues_fresh_credentials_each_call_and_answers_503_while_down() {
     let clock = TestClock::new();
     let (addr, stats) = start(&clock).await;
-    let get = || async {
-        send(
-            request("GET", &url(addr, "/openstack/latest/securitykey"))
-                .body(body(""))
-                .unwrap(),
-        )
-        .await
-    };
+    let get = || async { get(&url(addr, "/openstack/latest/securitykey")).await };
     let (a, _) = metadata_key(&get().await.1);
     let (b, _) = metadata_key(&get().await.1);
     assert_ne!(a.access_key, b.access_key);

@@ -84,7 +84,7 @@ async fn a_private_ca_is_trusted_through_ca_file() {
         upstream.port()
     ))
     .await;
-    let (parts, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url("/")).await;
     assert_eq!((parts.status.as_u16(), &bytes[..]), (200, &b"tls ok"[..]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -98,7 +98,7 @@ async fn an_untrusted_certificate_is_refused_with_502() {
         upstream.port()
     ))
     .await;
-    let (parts, bytes) = send(request("GET", &proxy.url("/")).body(body("")).unwrap()).await;
+    let (parts, bytes) = get(&proxy.url("/")).await;
     assert_proxy_error(&parts, &bytes, 502, "upstream_unreachable");
     let msg = json(&bytes)["error"]["message"]
         .as_str()
@@ -116,13 +116,7 @@ async fn insecure_skip_verify_accepts_any_certificate() {
         upstream.port()
     ))
     .await;
-    assert_eq!(
-        send(request("GET", &proxy.url("/")).body(body("")).unwrap())
-            .await
-            .0
-            .status,
-        200
-    );
+    assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }
 
 #[test]

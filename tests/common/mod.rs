@@ -201,6 +201,11 @@ pub async fn send(req: Request<Body>) -> (http::response::Parts, Bytes) {
     (parts, bytes)
 }
 
+/// A GET with no body, sent and collected.
+pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
+    send(request("GET", url).body(body("")).unwrap()).await
+}
+
 pub fn request(method: &str, url: &str) -> http::request::Builder {
     Request::builder().method(method).uri(url)
 }
