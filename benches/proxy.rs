@@ -166,7 +166,7 @@ app_code = "bench-app-code"
     // Literal secrets in the config draw warnings; irrelevant here.
     let validated = modelarts_proxy::config::load(&toml, &modelarts_proxy::credentials::System)
         .unwrap_or_else(|problems| panic!("bench config rejected: {problems:?}"));
-    let state = modelarts_proxy::proxy::State::build(validated.config)
+    let state = modelarts_proxy::state::State::build(validated.config)
         .unwrap_or_else(|problems| panic!("cannot build the proxy state: {problems:?}"));
     let daemon = modelarts_proxy::server::Daemon::bind(state).await.unwrap();
     let proxy = daemon.local_addrs()[0];

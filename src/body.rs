@@ -1,5 +1,6 @@
-//! Request-body wrappers: a byte limit counted as the body streams, and a
-//! body with one already-read chunk put back in front.
+//! Request bodies: the client's body as the request path reads it (a byte
+//! limit counted as it streams), reading it whole, and finding out whether a
+//! streamed body is empty.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::error::BoxError;
+use http_body_util::{BodyExt, Empty};
+
+use crate::error::{BoxError, ProxyBody, ProxyError};
 
 /// The body went past its limit; the stream is cut there.
 #[derive(Debug, thiserror::Error)]
@@ -134,10 +137,105 @@ where
     }
 }
 
+/// The client's request body as the request path sees it: cut at the
+/// route's `max_body`.
+pub struct RequestBody {
+    inner: Limited<ProxyBody>,
+}
+
+impl RequestBody {
+    pub fn new(body: ProxyBody, limit: u64) -> Self {
+        RequestBody {
+            inner: Limited::new(body, limit),
+        }
+    }
+
+    /// Set once the limit has been hit (the upstream request then fails).
+    pub fn tripped(&self) -> Arc<AtomicBool> {
+        self.inner.tripped()
+    }
+
+    pub fn boxed(self) -> ProxyBody {
+        BodyExt::boxed_unsync(self)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A failure reading the client's body, as the client's error.
+pub fn read_error(err: &BoxError, limit: u64) -> ProxyError {
+    if err.downcast_ref::<LimitExceeded>().is_some() {
+        ProxyError::BodyTooLarge {
+            limit,
+            key: "max_body",
+        }
+    } else {
+        ProxyError::BadRequest(format!("reading the request body failed: {err}"))
+    }
+}
+
+/// Reads the whole body.
+pub async fn collect(body: RequestBody, limit: u64) -> Result<Bytes, ProxyError> {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| read_error(&e, limit))
+}
+
+/// The body to stream on, and whether it is empty. With no
+/// `Content-Length`, the first chunk is awaited (and put back in front).
+pub async fn peek_empty(
+    mut body: RequestBody,
+    content_length: Option<u64>,
+    limit: u64,
+) -> Result<(ProxyBody, bool), ProxyError> {
+    let empty = || {
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    };
+    if content_length == Some(0) || body.is_end_stream() {
+        return Ok((empty(), true));
+    }
+    if content_length.is_some() {
+        return Ok((body.boxed(), false));
+    }
+    loop {
+        match body.frame().await {
+            None => return Ok((empty(), true)),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    return Ok((Prefixed::new(data, body).boxed_unsync(), false));
+                }
+            }
+            Some(Err(e)) => return Err(read_error(&e, limit)),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use http_body_util::BodyExt;
     use std::collections::VecDeque;
 
     /// An in-memory body of several data frames.

@@ -31,8 +31,8 @@ use hyper_util::server::conn::auto;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::clock::Clock;
 use crate::error::{ProxyBody, full};
-use crate::proxy::Clock;
 use crate::secret::Secret;
 use crate::signer::AkSk;
 use crate::signer::verify::{constant_time_eq, parse_authorization, verify};
@@ -598,7 +598,7 @@ fn iam_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 /// Echo output gets pasted into tickets: credential headers are shown as `** redacted **`.
-const REDACTED_HEADERS: &[&str] = crate::signer::CREDENTIAL_HEADERS;
+const REDACTED_HEADERS: &[&str] = crate::headers::CREDENTIAL_HEADERS;
 
 /// What the service received, as JSON.
 fn echo(parts: &http::request::Parts, body: &Bytes, auth: Auth) -> serde_json::Value {

@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::error::{ProxyBody, full};
-use crate::proxy::{self, Shared, State};
+use crate::proxy;
+use crate::state::{Shared, State};
 
 /// A client that has not sent its request headers after this long is
 /// dropped (slowloris protection; hyper-util needs a timer for it).

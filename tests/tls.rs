@@ -126,7 +126,7 @@ fn a_missing_or_empty_ca_file_is_a_config_error_at_its_key() {
         &TestSources,
     )
     .unwrap();
-    let errs = modelarts_proxy::proxy::State::build(v.config)
+    let errs = modelarts_proxy::state::State::build(v.config)
         .err()
         .expect("rejected");
     assert_eq!(errs.len(), 1);

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{HeaderValue, Method, Request, Uri, header};
+use http::{HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Limited};
 
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use crate::client::HttpClient;
-use crate::credentials::{SecretSource, Sources};
+use crate::credentials::Sources;
 use crate::error::{chain, full};
 
 /// One IAM call gives up after this long (IAM answers in well under a second).
@@ -25,63 +25,37 @@ const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// IAM error bodies are echoed into messages up to this many characters.
 const MAX_ERROR_TEXT: usize = 300;
 
-/// Which project the token is scoped to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProjectScope {
-    Name(String),
-    Id(String),
+pub use crate::config::{ProjectScope, TokenRequest};
+
+/// `{iam}/v3/auth/tokens?nocatalog=true`
+fn token_url(request: &TokenRequest) -> String {
+    format!(
+        "{}/v3/auth/tokens?nocatalog=true",
+        request.iam_endpoint.to_string().trim_end_matches('/')
+    )
 }
 
-/// Everything needed to ask IAM for a token (the password is read when needed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenRequest {
-    /// `https://iam.cn-north-4.myhuaweicloud.com`
-    pub iam_endpoint: Uri,
-    pub user: String,
-    pub password: SecretSource,
-    pub domain: String,
-    pub project: ProjectScope,
+/// The password-method, project-scoped request body.
+fn token_body(request: &TokenRequest, password: &str) -> String {
+    let scope = match &request.project {
+        ProjectScope::Name(name) => serde_json::json!({ "project": { "name": name } }),
+        ProjectScope::Id(id) => serde_json::json!({ "project": { "id": id } }),
+    };
+    serde_json::json!({
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": { "user": {
+                    "name": request.user,
+                    "password": password,
+                    "domain": { "name": request.domain },
+                } },
+            },
+            "scope": scope,
+        }
+    })
+    .to_string()
 }
-
-impl TokenRequest {
-    /// `user alice in domain acme, project cn-north-4`: for messages; never the password.
-    pub fn describe(&self) -> String {
-        let project = match &self.project {
-            ProjectScope::Name(n) => format!("project {n}"),
-            ProjectScope::Id(id) => format!("project id {id}"),
-        };
-        format!("user {} in domain {}, {project}", self.user, self.domain)
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "{}/v3/auth/tokens?nocatalog=true",
-            self.iam_endpoint.to_string().trim_end_matches('/')
-        )
-    }
-
-    fn body(&self, password: &str) -> String {
-        let scope = match &self.project {
-            ProjectScope::Name(name) => serde_json::json!({ "project": { "name": name } }),
-            ProjectScope::Id(id) => serde_json::json!({ "project": { "id": id } }),
-        };
-        serde_json::json!({
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": { "user": {
-                        "name": self.user,
-                        "password": password,
-                        "domain": { "name": self.domain },
-                    } },
-                },
-                "scope": scope,
-            }
-        })
-        .to_string()
-    }
-}
-
 /// A token as the proxy sends it: a ready header value, marked sensitive.
 #[derive(Clone)]
 pub struct Token {
@@ -120,12 +94,12 @@ pub async fn fetch_token(
         message: format!("cannot read the IAM password for {who}: {e}"),
         permanent: true,
     })?;
-    let url = request.url();
+    let url = token_url(request);
     let http_request = Request::builder()
         .method(Method::POST)
         .uri(&url)
         .header(header::CONTENT_TYPE, "application/json;charset=utf8")
-        .body(full(request.body(password.expose())))
+        .body(full(token_body(request, password.expose())))
         .map_err(|e| FetchError {
             message: format!("invalid IAM URL {url}: {e}"),
             permanent: true,
@@ -231,6 +205,7 @@ fn iam_error_text(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::SecretSource;
 
     #[test]
     fn expires_at_parses_with_and_without_fractional_seconds() {
@@ -268,10 +243,10 @@ mod tests {
             project: ProjectScope::Name("cn-north-4".into()),
         };
         assert_eq!(
-            r.url(),
+            token_url(&r),
             "https://iam.cn-north-4.myhuaweicloud.com/v3/auth/tokens?nocatalog=true"
         );
-        let v: serde_json::Value = serde_json::from_str(&r.body("pw")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&token_body(&r, "pw")).unwrap();
         assert_eq!(v["auth"]["identity"]["methods"][0], "password");
         assert_eq!(v["auth"]["identity"]["password"]["user"]["name"], "alice");
         assert_eq!(v["auth"]["identity"]["password"]["user"]["password"], "pw");
@@ -281,7 +256,7 @@ mod tests {
         );
         assert_eq!(v["auth"]["scope"]["project"]["name"], "cn-north-4");
         r.project = ProjectScope::Id("0a1b".into());
-        let v: serde_json::Value = serde_json::from_str(&r.body("pw")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&token_body(&r, "pw")).unwrap();
         assert_eq!(v["auth"]["scope"]["project"]["id"], "0a1b");
         assert_eq!(r.describe(), "user alice in domain acme, project id 0a1b");
     }

@@ -8,16 +8,16 @@ use std::time::Duration;
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
+use super::aksk::AkSkCredentials;
 use super::iam::parse_time;
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use crate::client::HttpClient;
-use crate::config::AkSkCredentials;
 use crate::error::{chain, full};
 use crate::secret::Secret;
 use crate::signer::AkSk;
 
 /// The ECS metadata endpoint for temporary credentials.
-pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254/openstack/latest/securitykey";
+pub use crate::config::DEFAULT_METADATA_ENDPOINT;
 
 /// A temporary-key answer is under 2 KB; anything much larger is not one.
 const MAX_ANSWER: usize = 64 * 1024;

@@ -19,9 +19,9 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
 
-use super::BackgroundTask;
+use super::watched::BackgroundTask;
 
-use crate::proxy::Clock;
+use crate::clock::Clock;
 
 /// A value and when it stops being valid.
 #[derive(Debug)]

@@ -9,17 +9,15 @@ pub mod walk;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
 use toml::Value;
 
-use crate::auth::iam::{ProjectScope, TokenRequest};
 use crate::credentials::{self, SecretSource, Sources};
 use crate::secret::Secret;
-use crate::signer::{AkSk, SigningKey};
+use crate::signer::AkSk;
 use walk::{Problem, Report, Section, check_keys, type_name};
 
 /// The gateway rejects bodies over 12 MB (APIG "API Request Signing Guide").
@@ -122,7 +120,7 @@ pub struct Route {
 
 /// A `[credentials.NAME]` table, validated. Static secrets are resolved
 /// already (so `check` reports a missing one); expiring credentials are
-/// fetched at run time by [`crate::auth`].
+/// fetched at run time by the credential providers.
 #[derive(Clone, Debug)]
 pub enum Credentials {
     /// A long-lived AK/SK; the files it came from are re-read when they change.
@@ -157,31 +155,18 @@ impl Credentials {
 #[derive(Clone, Debug)]
 pub struct AkSkSpec {
     /// The key as read at load time.
-    pub current: Arc<AkSkCredentials>,
+    pub current: ResolvedKey,
     /// How to read it again.
     pub source: KeySource,
 }
 
-/// Resolved AK/SK credentials and where they came from (never the secret).
+/// A resolved AK/SK and where it came from (never the secret).
 #[derive(Clone, Debug)]
-pub struct AkSkCredentials {
+pub struct ResolvedKey {
     pub key: AkSk,
-    /// The same key with its HMAC key schedule precomputed.
-    pub signing_key: SigningKey,
     /// Sent and signed as `X-Project-Id` when set.
     pub project_id: Option<String>,
     pub origin: String,
-}
-
-impl AkSkCredentials {
-    pub fn new(key: AkSk, project_id: Option<String>, origin: impl Into<String>) -> Self {
-        AkSkCredentials {
-            signing_key: SigningKey::new(&key),
-            key,
-            project_id,
-            origin: origin.into(),
-        }
-    }
 }
 
 /// Where a long-lived AK/SK is read from.
@@ -205,6 +190,35 @@ pub struct MetadataSpec {
     pub max_wait: Duration,
 }
 
+/// Which project the token is scoped to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectScope {
+    Name(String),
+    Id(String),
+}
+
+/// Everything needed to ask IAM for a token (the password is read when needed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// `https://iam.cn-north-4.myhuaweicloud.com`
+    pub iam_endpoint: Uri,
+    pub user: String,
+    pub password: SecretSource,
+    pub domain: String,
+    pub project: ProjectScope,
+}
+
+impl TokenRequest {
+    /// `user alice in domain acme, project cn-north-4`: for messages; never the password.
+    pub fn describe(&self) -> String {
+        let project = match &self.project {
+            ProjectScope::Name(n) => format!("project {n}"),
+            ProjectScope::Id(id) => format!("project id {id}"),
+        };
+        format!("user {} in domain {}, {project}", self.user, self.domain)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenSpec {
     pub request: TokenRequest,
@@ -221,6 +235,9 @@ pub struct ApiKeySpec {
     /// `prefix + app code`, as sent (marked sensitive).
     pub current: HeaderValue,
 }
+
+/// The ECS metadata endpoint for temporary credentials.
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254/openstack/latest/securitykey";
 
 /// Refresh expiring credentials at least this long before they expire.
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -303,14 +320,6 @@ const TOKEN_KEYS: &[&str] = &[
     "max_wait",
 ];
 const APIKEY_KEYS: &[&str] = &["type", "app_code", "header", "prefix"];
-
-/// Headers the proxy owns; a route may not set them: the client credential
-/// headers it strips, the hop-by-hop headers, and the framing it controls.
-fn is_reserved_header(name: &str) -> bool {
-    matches!(name, "host" | "content-length")
-        || crate::proxy::CLIENT_CREDENTIAL_HEADERS.contains(&name)
-        || crate::proxy::HOP_BY_HOP.contains(&name)
-}
 
 /// Parses and validates a config file's text. `sources` reads the
 /// environment and files that secrets refer to.
@@ -614,7 +623,7 @@ fn route(
                     "is sent but not signed: the official SDK skips header names containing '_' (use '-')",
                 );
             }
-            if is_reserved_header(hn.as_str()) {
+            if crate::headers::is_reserved(hn.as_str()) {
                 report.error(path, "is set by the proxy itself and cannot be configured");
                 continue;
             }
@@ -900,9 +909,7 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
         (Some("metadata"), None, false) => {
             let endpoint = match s.get("metadata_endpoint") {
                 Some(_) => url(report, s, "metadata_endpoint"),
-                None => crate::auth::metadata::DEFAULT_METADATA_ENDPOINT
-                    .parse()
-                    .ok(),
+                None => DEFAULT_METADATA_ENDPOINT.parse().ok(),
             };
             return Some(Credentials::Metadata(MetadataSpec {
                 endpoint: endpoint?,
@@ -942,7 +949,7 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
     };
     match key_source.resolve(sources, project_id) {
         Ok(current) => Some(Credentials::AkSk(AkSkSpec {
-            current: Arc::new(current),
+            current,
             source: key_source,
         })),
         Err((key, message)) => {
@@ -958,11 +965,13 @@ impl KeySource {
         &self,
         sources: &dyn Sources,
         project_id: Option<String>,
-    ) -> Result<AkSkCredentials, (&'static str, String)> {
+    ) -> Result<ResolvedKey, (&'static str, String)> {
         match self {
             KeySource::SdkChain => credentials::from_sdk_chain(sources)
-                .map(|found| {
-                    AkSkCredentials::new(found.key, project_id.or(found.project_id), found.origin)
+                .map(|found| ResolvedKey {
+                    key: found.key,
+                    project_id: project_id.or(found.project_id),
+                    origin: found.origin,
                 })
                 .map_err(|e| ("source", e)),
             KeySource::Csv(path) => {
@@ -971,15 +980,15 @@ impl KeySource {
                     .map_err(|e| ("csv", format!("cannot read {}: {e}", path.display())))?;
                 let (access_key, secret_key) = credentials::parse_credentials_csv(&text)
                     .map_err(|e| ("csv", format!("{}: {e}", path.display())))?;
-                Ok(AkSkCredentials::new(
-                    AkSk {
+                Ok(ResolvedKey {
+                    key: AkSk {
                         access_key,
                         secret_key,
                         security_token: None,
                     },
                     project_id,
-                    format!("csv {}", path.display()),
-                ))
+                    origin: format!("csv {}", path.display()),
+                })
             }
             KeySource::Keys {
                 access_key,
@@ -993,15 +1002,15 @@ impl KeySource {
                     .map(|t| t.resolve(sources).map_err(|e| ("security_token", e)))
                     .transpose()?;
                 let (ak, sk) = (ak?, sk?);
-                Ok(AkSkCredentials::new(
-                    AkSk {
+                Ok(ResolvedKey {
+                    key: AkSk {
                         access_key: ak.expose().trim().to_owned(),
                         secret_key: sk,
                         security_token: token,
                     },
                     project_id,
-                    "config keys",
-                ))
+                    origin: "config keys".to_owned(),
+                })
             }
         }
     }

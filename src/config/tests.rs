@@ -1,5 +1,4 @@
 use super::*;
-use crate::auth::iam::ProjectScope;
 use crate::credentials::fake::FakeSources;
 
 fn env() -> FakeSources {

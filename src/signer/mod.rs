@@ -35,19 +35,7 @@ pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934c
 /// The `X-Sdk-Content-Sha256` value that tells the gateway the body is not hashed.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
-/// Header carrying the signing time, `YYYYMMDDTHHMMSSZ` in UTC.
-pub const X_SDK_DATE: &str = "x-sdk-date";
-
-/// Header whose value, when present and the body non-empty, replaces the body hash.
-pub const X_SDK_CONTENT_SHA256: &str = "x-sdk-content-sha256";
-
-/// Header carrying the security token of temporary AK/SK credentials.
-pub const X_SECURITY_TOKEN: &str = "x-security-token";
-
-/// Headers whose values are credentials: hidden wherever a request is shown
-/// (`Debug`, [`CanonicalRequest::redacted`], the stand-in's echo).
-/// `Authorization` holds only a signature.
-pub const CREDENTIAL_HEADERS: &[&str] = &[X_SECURITY_TOKEN, "x-auth-token", "x-apig-appcode"];
+pub use crate::headers::{CREDENTIAL_HEADERS, X_SDK_CONTENT_SHA256, X_SDK_DATE, X_SECURITY_TOKEN};
 
 /// An access key / secret key pair, optionally temporary.
 #[derive(Clone, Debug)]

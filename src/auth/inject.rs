@@ -1,0 +1,285 @@
+//! Credential injection and 401 recovery: what each kind of credential adds
+//! to an outgoing request, and what it does when the upstream rejects it.
+//!
+//! | credential | on the request | on a 401 |
+//! |---|---|---|
+//! | AK/SK | a signature over what is sent (the body buffered and hashed, or streamed unsigned) | passed back |
+//! | ECS temporary AK/SK | the same, with `X-Security-Token` | new keys fetched for the next requests |
+//! | IAM token | `X-Auth-Token` (a small body is kept) | token renewed; a kept body is replayed once |
+//! | API key | its header | passed back |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use http_body::Body;
+use tokio::time::Instant;
+
+use super::Provider;
+use super::aksk::{self, AkSkCredentials, BodyHash, DecorateError, Target};
+use super::iam::Token;
+use super::refresh::{Expiring, Refreshing};
+use crate::body::{self, RequestBody};
+use crate::config::Route;
+use crate::error::{ProxyBody, ProxyError, full};
+use crate::headers::name::X_AUTH_TOKEN;
+use crate::metrics::{CredentialLabels, Metrics};
+
+/// Token-mode bodies up to this size are kept in memory so that a 401 can be
+/// answered by renewing the token and replaying the request once.
+pub const REPLAY_BODY_LIMIT: u64 = 1024 * 1024;
+
+/// The upstream request being built: everything but the body.
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// The client's `Content-Length`, already checked against `max_body`.
+    pub content_length: Option<u64>,
+}
+
+impl Outgoing {
+    fn into_request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// What injection needs to know about the request it decorates.
+pub struct Injection<'a> {
+    pub route: &'a Route,
+    /// The request's deadline: waiting for a first credential ends before it.
+    pub deadline: Instant,
+    /// The signing time.
+    pub now: DateTime<Utc>,
+    pub metrics: &'a Metrics,
+}
+
+impl Injection<'_> {
+    /// A wait of at most `max`, ending before the request's deadline (so a
+    /// missing credential is a 503, not a timeout).
+    fn wait(&self, max: Duration) -> Duration {
+        max.min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// What was used, so that a rejection (401) can be answered.
+pub enum Recovery {
+    Nothing,
+    /// An IAM token was sent.
+    Token {
+        token: Arc<Refreshing<Token>>,
+        used: Arc<Expiring<Token>>,
+        max_wait: Duration,
+        /// The request as sent, when its body was small enough to keep.
+        replay: Option<Box<Replay>>,
+    },
+    /// A temporary AK/SK was sent.
+    TemporaryKey {
+        creds: Arc<Refreshing<Arc<AkSkCredentials>>>,
+        used: Arc<Expiring<Arc<AkSkCredentials>>>,
+    },
+}
+
+/// A token-mode request kept to be sent again with a renewed token.
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Adds the route's credential to `out` and returns the request to send,
+/// with what a 401 will need.
+pub async fn inject(
+    provider: Option<&Provider>,
+    mut out: Outgoing,
+    body: RequestBody,
+    cx: &Injection<'_>,
+) -> Result<(Request<ProxyBody>, Recovery), ProxyError> {
+    let unavailable = ProxyError::CredentialsUnavailable;
+    match provider {
+        None => Ok((out.into_request(body.boxed()), Recovery::Nothing)),
+        Some(Provider::AkSk(keys)) => {
+            let body = sign_aksk(&mut out, body, &keys.current(), cx).await?;
+            Ok((out.into_request(body), Recovery::Nothing))
+        }
+        Some(Provider::Metadata { creds, max_wait }) => {
+            let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
+            let body = sign_aksk(&mut out, body, &used.value, cx).await?;
+            let recovery = Recovery::TemporaryKey {
+                creds: creds.clone(),
+                used,
+            };
+            Ok((out.into_request(body), recovery))
+        }
+        Some(Provider::Token {
+            token, max_wait, ..
+        }) => {
+            let used = token.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
+            out.headers.insert(X_AUTH_TOKEN, used.value.header.clone());
+            let (body, replay) = keep_if_small(&out, body, cx).await?;
+            let recovery = Recovery::Token {
+                token: token.clone(),
+                used,
+                max_wait: *max_wait,
+                replay,
+            };
+            Ok((out.into_request(body), recovery))
+        }
+        Some(Provider::ApiKey(key)) => {
+            let key = key.current();
+            out.headers.insert(key.header.clone(), key.value.clone());
+            Ok((out.into_request(body.boxed()), Recovery::Nothing))
+        }
+    }
+}
+
+/// Signs `out` with `creds` and returns the body to send: buffered and
+/// hashed (signed payload) or streamed (UNSIGNED-PAYLOAD).
+async fn sign_aksk(
+    out: &mut Outgoing,
+    body: RequestBody,
+    creds: &AkSkCredentials,
+    cx: &Injection<'_>,
+) -> Result<ProxyBody, ProxyError> {
+    let content_type =
+        aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
+    let unsigned = aksk::is_unsigned(cx.route.payload, content_type);
+    let limit = cx.route.max_body;
+    let (to_send, buffered, empty) = if unsigned {
+        // An empty body is signed with the empty-string hash even under
+        // UNSIGNED-PAYLOAD (SPEC quirk 6), so find out whether it is empty.
+        let (body, empty) = body::peek_empty(body, out.content_length, limit).await?;
+        (body, None, empty)
+    } else {
+        let bytes = body::collect(body, limit).await?;
+        (full(bytes.clone()), Some(bytes), false)
+    };
+    let hash = match &buffered {
+        Some(bytes) => BodyHash::Bytes(bytes),
+        None => BodyHash::Unsigned { empty },
+    };
+    let route_headers: Vec<_> = cx.route.headers.iter().map(|(n, _)| n).collect();
+    let target = Target {
+        method: out.method.as_str(),
+        path: out.uri.path(),
+        query: out.uri.query(),
+    };
+    aksk::decorate(
+        creds,
+        target,
+        &mut out.headers,
+        hash,
+        &route_headers,
+        cx.now,
+    )
+    .map_err(decorate_error)?;
+    Ok(to_send)
+}
+
+fn decorate_error(e: DecorateError) -> ProxyError {
+    match e {
+        DecorateError::Repeated(_) | DecorateError::NotUtf8(_) | DecorateError::InvalidValue(_) => {
+            ProxyError::BadRequest(e.to_string())
+        }
+        DecorateError::Credential(_) => ProxyError::CredentialsUnavailable(e.to_string()),
+        DecorateError::Signer(_) => ProxyError::Internal,
+    }
+}
+
+/// A small (or no) body is read and kept so that a 401 can be answered by
+/// one replay with a renewed token; a large one streams through.
+async fn keep_if_small(
+    out: &Outgoing,
+    body: RequestBody,
+    cx: &Injection<'_>,
+) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError> {
+    let small = match out.content_length {
+        Some(len) => len <= REPLAY_BODY_LIMIT,
+        None => {
+            body.is_end_stream()
+                || body
+                    .size_hint()
+                    .upper()
+                    .is_some_and(|u| u <= REPLAY_BODY_LIMIT)
+        }
+    };
+    if !small {
+        return Ok((body.boxed(), None));
+    }
+    let bytes = body::collect(body, cx.route.max_body).await?;
+    let replay = Replay {
+        method: out.method.clone(),
+        uri: out.uri.clone(),
+        headers: out.headers.clone(),
+        body: bytes.clone(),
+    };
+    Ok((full(bytes), Some(Box::new(replay))))
+}
+
+impl Recovery {
+    /// Answers the upstream's `status`. On a 401 the credential is renewed
+    /// (one fetch however many requests saw it); for a kept token-mode body
+    /// this returns the request to send once more. A second 401 is returned
+    /// as it is: nothing loops.
+    pub async fn after(self, status: StatusCode, cx: &Injection<'_>) -> Option<Request<ProxyBody>> {
+        if status != StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        match self {
+            Recovery::Nothing => None,
+            // Temporary AK/SK rejected (revoked, or the agency changed): ask
+            // for new ones so the next requests use them.
+            Recovery::TemporaryKey { creds, used } => {
+                creds.request_renewal(&used);
+                None
+            }
+            Recovery::Token {
+                token,
+                used,
+                replay: None,
+                ..
+            } => {
+                token.request_renewal(&used);
+                None
+            }
+            Recovery::Token {
+                token,
+                used,
+                max_wait,
+                replay: Some(replay),
+            } => {
+                let fresh = token.renew(&used, cx.wait(max_wait)).await.ok()?;
+                let Replay {
+                    method,
+                    uri,
+                    mut headers,
+                    body,
+                } = *replay;
+                headers.insert(X_AUTH_TOKEN, fresh.value.header.clone());
+                tracing::info!(credentials = %token.label(), "upstream answered 401; token renewed, request replayed once");
+                if let Some(name) = &cx.route.credentials {
+                    cx.metrics
+                        .credential_replays
+                        .get_or_create(&CredentialLabels {
+                            credentials: name.clone(),
+                        })
+                        .inc();
+                }
+                let again = Outgoing {
+                    method,
+                    uri,
+                    headers,
+                    content_length: None,
+                };
+                Some(again.into_request(full(body)))
+            }
+        }
+    }
+}

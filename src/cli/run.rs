@@ -1,0 +1,252 @@
+//! `modelarts-proxy run`: the daemon, from a config file or from flags
+//! describing one route; SIGHUP reloads, SIGTERM / Ctrl-C drains.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use toml::{Table, Value};
+
+use super::env::{Auth, env_credentials, flag_problem};
+use super::{EXIT_CONFIG, EXIT_USAGE, config_path, load_file, log_startup, print_problems};
+use crate::config;
+use crate::credentials::{Sources, System};
+use crate::server::Daemon;
+use crate::state::{Shared, State};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Config file (TOML).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Upstream URL for a single route "/" (instead of a config file).
+    #[arg(long, conflicts_with = "config", value_name = "URL")]
+    upstream: Option<String>,
+    /// Address to listen on (repeatable).
+    #[arg(long, conflicts_with = "config", value_name = "ADDR")]
+    listen: Vec<String>,
+    /// How to authenticate: aksk (HUAWEICLOUD_SDK_AK / _SK, or ~/.huaweicloud/credentials),
+    /// token (HUAWEICLOUD_IAM_USER / _PASSWORD / _DOMAIN / _PROJECT, HUAWEICLOUD_SDK_REGION),
+    /// apikey (APIG_APP_CODE) or none.
+    #[arg(long, value_enum, default_value_t = Auth::Aksk, conflicts_with = "config")]
+    auth: Auth,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, conflicts_with = "config", value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Allow listening on non-loopback addresses.
+    #[arg(long, conflicts_with = "config")]
+    allow_remote: bool,
+}
+
+/// The one-route config that `run --upstream …` describes, as TOML, so it
+/// goes through exactly the same validation as a file.
+fn flags_config(args: &RunArgs, upstream: &str, sources: &dyn Sources) -> Table {
+    let mut server = Table::new();
+    if !args.listen.is_empty() {
+        server.insert(
+            "listen".into(),
+            Value::Array(args.listen.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    if let Some(a) = &args.admin_listen {
+        server.insert("admin_listen".into(), Value::String(a.clone()));
+    }
+    server.insert("allow_remote".into(), Value::Boolean(args.allow_remote));
+    let mut route = Table::new();
+    route.insert("prefix".into(), "/".into());
+    route.insert("upstream".into(), upstream.into());
+    let mut root = Table::new();
+    if let Some(creds) = env_credentials(args.auth, sources) {
+        route.insert("credentials".into(), "default".into());
+        let mut all = Table::new();
+        all.insert("default".into(), Value::Table(creds));
+        root.insert("credentials".into(), Value::Table(all));
+    }
+    root.insert("server".into(), Value::Table(server));
+    root.insert("route".into(), Value::Array(vec![Value::Table(route)]));
+    root
+}
+
+pub(super) async fn run(args: RunArgs) -> u8 {
+    // Flags win over MODELARTS_PROXY_CONFIG; `-c` with `--upstream` is refused by clap.
+    let config_file = match &args.upstream {
+        Some(_) => None,
+        None => config_path(&args.config),
+    };
+    let (validated, origin) = match (&config_file, &args.upstream) {
+        (Some(path), _) => (load_file(path), path.display().to_string()),
+        (None, Some(upstream)) => (
+            config::validate(&flags_config(&args, upstream, &System), &System)
+                .map_err(|ps| ps.into_iter().map(flag_problem).collect()),
+            "the command line".to_owned(),
+        ),
+        (None, None) => {
+            eprintln!(
+                "error: run needs a config file (-c FILE) or an upstream (--upstream URL)\n\
+                 try: modelarts-proxy run --upstream https://<id>.apig.<region>.huaweicloudapis.com/v1/infers/<service-id>\n\
+                 or:  modelarts-proxy dev   (a local stand-in, no cloud account needed)"
+            );
+            return EXIT_USAGE;
+        }
+    };
+    let validated = match validated {
+        Ok(v) => v,
+        Err(problems) => {
+            print_problems(&problems, &origin);
+            return EXIT_CONFIG;
+        }
+    };
+    for w in &validated.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let state = match State::build(validated.config) {
+        Ok(s) => s,
+        Err(problems) => {
+            print_problems(&problems, &origin);
+            return EXIT_CONFIG;
+        }
+    };
+    serve(state, config_file).await
+}
+
+/// Binds, logs what is served, reloads on SIGHUP, drains on SIGTERM / Ctrl-C.
+pub(super) async fn serve(state: State, config_path: Option<PathBuf>) -> u8 {
+    let daemon = match Daemon::bind(state).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 1;
+        }
+    };
+    log_startup(&daemon);
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(daemon.shared(), path));
+    }
+    daemon.run(shutdown_signal()).await;
+    0
+}
+
+pub(super) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received");
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload(&shared, &path);
+        }
+    }
+}
+
+/// Builds the new state from `path` and swaps it in; on any error the old
+/// state keeps serving and the reason is logged.
+pub fn reload(shared: &Shared, path: &Path) -> bool {
+    let outcome = load_file(path).and_then(|v| {
+        for w in &v.warnings {
+            tracing::warn!("config: {w}");
+        }
+        let old = shared.state.load();
+        State::build_with(v.config, old.runtime(Arc::new(System)), Some(&old))
+    });
+    let result = match outcome {
+        Ok(state) => {
+            let old = shared.state.load();
+            if old.config.server.listen != state.config.server.listen
+                || old.config.server.admin_listen != state.config.server.admin_listen
+            {
+                tracing::warn!(
+                    "reload: listen addresses change only on restart; keeping the current ones"
+                );
+            }
+            shared.state.store(Arc::new(state));
+            tracing::info!("reloaded {}", path.display());
+            "ok"
+        }
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!("reload rejected: {p}");
+            }
+            tracing::error!(
+                "reload of {} rejected; the previous configuration keeps serving",
+                path.display()
+            );
+            "error"
+        }
+    };
+    shared
+        .metrics
+        .reloads
+        .get_or_create(&crate::metrics::ResultLabels {
+            result: result.to_owned(),
+        })
+        .inc();
+    result == "ok"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::credentials::{self, fake::FakeSources};
+    use clap::Parser;
+
+    fn env() -> FakeSources {
+        FakeSources::default()
+            .with_env(credentials::ENV_AK, "AKCLI")
+            .with_env(credentials::ENV_SK, "sk-cli-secret")
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let args = match Cli::try_parse_from([
+            "m",
+            "run",
+            "--upstream",
+            "ftp://x",
+            "--listen",
+            "0.0.0.0:80",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let errs: Vec<String> = config::validate(&flags_config(&args, "ftp://x", &env()), &env())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| flag_problem(p).to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("--upstream: the scheme must be https or http"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("--listen: 0.0.0.0:80 is not a loopback address"),
+            "{errs:?}"
+        );
+    }
+}

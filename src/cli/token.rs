@@ -1,0 +1,96 @@
+//! `modelarts-proxy token`: prints a valid IAM token on stdout (like
+//! `gcloud auth print-access-token`).
+
+use std::path::PathBuf;
+
+use toml::{Table, Value};
+
+use super::env::{Auth, env_credentials, flag_problem};
+use super::{EXIT_CONFIG, EXIT_USAGE, config_path, load_file, print_problems};
+use crate::config::{self, Credentials};
+use crate::credentials::System;
+
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// Config file; without it, the HUAWEICLOUD_IAM_* variables of `run --auth token`.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Which [credentials.NAME] (default: the only token credentials in the file).
+    #[arg(long, value_name = "NAME")]
+    credentials: Option<String>,
+}
+
+pub(super) async fn token(args: TokenArgs) -> u8 {
+    let (validated, origin) = match config_path(&args.config) {
+        Some(path) => (load_file(&path), path.display().to_string()),
+        None => {
+            let mut root = Table::new();
+            let mut all = Table::new();
+            all.insert(
+                "default".into(),
+                Value::Table(env_credentials(Auth::Token, &System).expect("token")),
+            );
+            root.insert("credentials".into(), Value::Table(all));
+            let mut route = Table::new();
+            route.insert("upstream".into(), "http://127.0.0.1/".into());
+            route.insert("credentials".into(), "default".into());
+            root.insert("route".into(), Value::Array(vec![Value::Table(route)]));
+            let v = config::validate(&root, &System)
+                .map_err(|ps| ps.into_iter().map(flag_problem).collect());
+            (v, "the environment".to_owned())
+        }
+    };
+    let config = match validated {
+        Ok(v) => v.config,
+        Err(problems) => {
+            print_problems(&problems, &origin);
+            return EXIT_CONFIG;
+        }
+    };
+    let tokens: Vec<(&String, &config::TokenSpec)> = config
+        .credentials
+        .iter()
+        .filter_map(|(n, c)| match c {
+            Credentials::Token(t) => Some((n, t)),
+            _ => None,
+        })
+        .filter(|(n, _)| args.credentials.as_ref().is_none_or(|want| want == *n))
+        .collect();
+    let spec = match tokens.as_slice() {
+        [(_, spec)] => *spec,
+        [] => {
+            eprintln!(
+                "error: no token credentials{} in {origin}",
+                args.credentials
+                    .as_ref()
+                    .map(|n| format!(" named {n}"))
+                    .unwrap_or_default()
+            );
+            return EXIT_USAGE;
+        }
+        _ => {
+            eprintln!(
+                "error: several token credentials in {origin}; pick one with --credentials NAME"
+            );
+            return EXIT_USAGE;
+        }
+    };
+    let client = match crate::client::build(&config.upstream_tls) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match crate::auth::iam::fetch_token(&spec.request, &client, &System).await {
+        Ok(token) => {
+            println!("{}", String::from_utf8_lossy(token.value.header.as_bytes()));
+            eprintln!("# valid until {}", token.expires_at.to_rfc3339());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            1
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The runtime state every request reads: the validated config, the pooled
+//! client and one credential provider per `[credentials.NAME]`, swapped whole
+//! on reload (build, then swap).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::{self, Provider};
+use crate::client::HttpClient;
+use crate::clock::{self, Clock};
+use crate::config::walk::Problem;
+use crate::config::{Config, Credentials};
+use crate::credentials::{Sources, System};
+use crate::metrics::Metrics;
+
+/// Everything a request needs, swapped whole on reload.
+pub struct State {
+    pub config: Config,
+    pub client: HttpClient,
+    /// One per `[credentials.NAME]`.
+    pub providers: HashMap<String, Provider>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+/// What outlives a reload: metrics, the clock, and where secrets are read from.
+#[derive(Clone)]
+pub struct Runtime {
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub sources: Arc<dyn Sources>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            metrics: Arc::new(Metrics::new()),
+            clock: clock::system(),
+            sources: Arc::new(System),
+        }
+    }
+}
+
+impl State {
+    /// Builds the runtime state for a validated config (needs a Tokio runtime:
+    /// expiring credentials start fetching at once).
+    pub fn build(config: Config) -> Result<State, Vec<Problem>> {
+        Self::build_with(config, Runtime::default(), None)
+    }
+
+    /// As [`State::build`], keeping `runtime`, and reusing from `previous` the
+    /// expiring credentials whose configuration did not change (a reload does
+    /// not cost an IAM call).
+    pub fn build_with(
+        config: Config,
+        runtime: Runtime,
+        previous: Option<&State>,
+    ) -> Result<State, Vec<Problem>> {
+        let client = crate::client::build(&config.upstream_tls).map_err(|message| {
+            vec![Problem {
+                path: "upstream_tls.ca_file".to_owned(),
+                message,
+            }]
+        })?;
+        let cx = auth::Context {
+            client: client.clone(),
+            sources: runtime.sources.clone(),
+            clock: runtime.clock.clone(),
+            metrics: runtime.metrics.clone(),
+        };
+        let mut providers = HashMap::new();
+        for (name, spec) in &config.credentials {
+            let reusable = previous
+                .filter(|p| p.config.upstream_tls == config.upstream_tls)
+                .and_then(|p| {
+                    let same = match (p.config.credentials.get(name)?, spec) {
+                        (Credentials::Token(a), Credentials::Token(b)) => a == b,
+                        (Credentials::Metadata(a), Credentials::Metadata(b)) => a == b,
+                        _ => false,
+                    };
+                    same.then(|| p.providers.get(name).cloned()).flatten()
+                });
+            if let Some(kept) = &reusable {
+                kept.retry_if_failing();
+            }
+            let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx));
+            providers.insert(name.clone(), provider);
+        }
+        Ok(State {
+            config,
+            client,
+            providers,
+            metrics: runtime.metrics,
+            clock: runtime.clock,
+        })
+    }
+
+    /// What survives a reload of this state.
+    pub fn runtime(&self, sources: Arc<dyn Sources>) -> Runtime {
+        Runtime {
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            sources,
+        }
+    }
+
+    /// Ready when every expiring credential has been fetched. The reasons otherwise.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let reasons: Vec<String> = self
+            .providers
+            .iter()
+            .filter_map(|(name, p)| {
+                p.not_ready_reason()
+                    .map(|r| format!("[credentials.{name}]: {r}"))
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+/// Shared by every connection.
+pub struct Shared {
+    pub state: ArcSwap<State>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        Shared {
+            metrics: state.metrics.clone(),
+            clock: state.clock.clone(),
+            state: ArcSwap::from_pointee(state),
+        }
+    }
+}
