@@ -170,7 +170,7 @@ app_code = "bench-app-code"
         .unwrap_or_else(|problems| panic!("cannot build the proxy state: {problems:?}"));
     let daemon = modelarts_proxy::server::Daemon::bind(state).await.unwrap();
     let proxy = daemon.local_addrs()[0];
-    tokio::spawn(daemon.run(std::future::pending()));
+    tokio::spawn(daemon.run(modelarts_proxy::server::Once::new(std::future::pending())));
     Servers { upstream, proxy }
 }
 

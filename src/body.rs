@@ -1,17 +1,21 @@
-//! Request bodies: the client's body as the request path reads it (a byte
-//! limit counted as it streams), reading it whole, and finding out whether a
-//! streamed body is empty.
+//! Request bodies as the request path reads them: the client's body counted
+//! against `max_body` and cut when it stalls ([`RequestBody`]), read whole
+//! within the buffer budget ([`buffer`]), and peeked to learn whether a
+//! streamed body is empty ([`peek_empty`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-
 use http_body_util::{BodyExt, Empty};
+use sha2::{Digest, Sha256};
+use tokio::time::{Instant, Sleep};
 
+use crate::budget::{Budget, Overloaded, Reservation};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 
 /// The body went past its limit; the stream is cut there.
@@ -21,37 +25,96 @@ pub struct LimitExceeded {
     pub limit: u64,
 }
 
-/// Counts data bytes and fails the stream at the first byte over `limit`,
-/// so a chunked upload is never completed upstream. `tripped` lets the
-/// caller tell "cut by us" from other failures after the fact.
-pub struct Limited<B> {
-    inner: B,
-    remaining: u64,
-    limit: u64,
-    tripped: Arc<AtomicBool>,
+/// The client sent no byte of its body for `after` (`idle_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no byte of its request body for {}", humantime::format_duration(*.after))]
+pub struct BodyIdle {
+    pub after: Duration,
 }
 
-impl<B> Limited<B> {
-    pub fn new(inner: B, limit: u64) -> Self {
-        Limited {
+/// What the request path can learn about a body while something else reads it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes: AtomicU64,
+    /// The last poll found the client had sent nothing new.
+    waiting_on_client: AtomicBool,
+    done: AtomicBool,
+    /// Cut at `max_body` by us (so a failed upstream send is a 413).
+    tripped: AtomicBool,
+}
+
+impl Progress {
+    /// Data bytes received from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// True while the body is unfinished and stalled on the client (so a
+    /// deadline that passes now is the client's fault, a 408).
+    pub fn waiting_on_client(&self) -> bool {
+        !self.done.load(Ordering::Acquire) && self.waiting_on_client.load(Ordering::Acquire)
+    }
+
+    /// True once the body went past `max_body`.
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::Acquire)
+    }
+}
+
+/// The client's request body: counted against `max_body` as it streams (a
+/// chunked upload is never completed upstream past it), and failed with
+/// [`BodyIdle`] when the client sends nothing for `idle_timeout`.
+pub struct RequestBody {
+    inner: ProxyBody,
+    remaining: u64,
+    limit: u64,
+    idle: Duration,
+    /// Armed while waiting on the client; reset, not reallocated.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    progress: Arc<Progress>,
+}
+
+impl RequestBody {
+    pub fn new(inner: ProxyBody, limit: u64, idle: Duration) -> Self {
+        RequestBody {
             inner,
             remaining: limit,
             limit,
-            tripped: Arc::new(AtomicBool::new(false)),
+            idle,
+            timer: None,
+            armed: false,
+            progress: Arc::default(),
         }
     }
 
-    /// Set once the limit has been hit.
-    pub fn tripped(&self) -> Arc<AtomicBool> {
-        self.tripped.clone()
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn boxed(self) -> ProxyBody {
+        BodyExt::boxed_unsync(self)
+    }
+
+    /// Starts (or keeps) the idle timer; true once it has run out.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
-impl<B> Body for Limited<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
+impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -60,23 +123,47 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > this.remaining {
-                        this.remaining = 0;
-                        this.tripped.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(LimitExceeded {
-                            limit: this.limit,
-                        }))));
-                    }
-                    this.remaining -= n;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                this.progress
+                    .waiting_on_client
+                    .store(true, Ordering::Release);
+                if this.idle_expired(cx) {
+                    this.progress.done.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle { after: this.idle }))));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Pending
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None => Poll::Ready(None),
+            Poll::Ready(frame) => {
+                this.armed = false;
+                let progress = &this.progress;
+                progress.waiting_on_client.store(false, Ordering::Release);
+                match frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            let n = data.len() as u64;
+                            progress.bytes.fetch_add(n, Ordering::Relaxed);
+                            if n > this.remaining {
+                                this.remaining = 0;
+                                progress.tripped.store(true, Ordering::Release);
+                                progress.done.store(true, Ordering::Release);
+                                let limit = this.limit;
+                                return Poll::Ready(Some(Err(Box::new(LimitExceeded { limit }))));
+                            }
+                            this.remaining -= n;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) => {
+                        progress.done.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    None => {
+                        progress.done.store(true, Ordering::Release);
+                        Poll::Ready(None)
+                    }
+                }
+            }
         }
     }
 
@@ -86,6 +173,161 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A failure reading the client's body, as the client's error.
+pub fn read_error(err: &BoxError, limit: u64) -> ProxyError {
+    if err.downcast_ref::<LimitExceeded>().is_some() {
+        ProxyError::BodyTooLarge {
+            limit,
+            key: "max_body",
+        }
+    } else if let Some(idle) = err.downcast_ref::<BodyIdle>() {
+        ProxyError::RequestIdle(idle.after)
+    } else {
+        ProxyError::BadRequest(format!("reading the request body failed: {err}"))
+    }
+}
+
+/// The first step reserved for a body of unknown length; the reservation
+/// then doubles as the body grows (up to `max_body`).
+const FIRST_STEP: u64 = 64 * 1024;
+
+/// A body read whole: its frames as they arrived (no copy), its length, its
+/// SHA-256 when asked for, and the budget it holds until dropped.
+pub struct Buffered {
+    chunks: Vec<Bytes>,
+    len: u64,
+    sha256: Option<String>,
+    _reservation: Reservation,
+}
+
+impl Buffered {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Lower-case hex SHA-256 of the body, when it was hashed.
+    pub fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
+    }
+
+    /// A body that sends these bytes; the memory (and its budget) is kept
+    /// until every such body and the `Arc` itself are dropped.
+    pub fn body(self: &Arc<Self>) -> ProxyBody {
+        BodyExt::boxed_unsync(BufferedBody {
+            buffered: self.clone(),
+            next: 0,
+        })
+    }
+}
+
+/// How to pay for a body about to be buffered.
+pub enum Reserve<'a> {
+    /// Reserve from `budget`, waiting up to `wait` each time room is needed.
+    Wait { budget: &'a Budget, wait: Duration },
+    /// Already reserved (a token-mode replay copy that got room at once).
+    Held(Reservation),
+}
+
+/// Reads the whole body into memory within the buffer budget. A known
+/// length is reserved before any byte is read; a chunked body is reserved
+/// step by step as it arrives (overshooting by at most one frame, which
+/// hyper already holds). `hash` computes the SHA-256 while reading.
+pub async fn buffer(
+    mut body: RequestBody,
+    expected: Option<u64>,
+    reserve: Reserve<'_>,
+    hash: bool,
+) -> Result<Buffered, ProxyError> {
+    let limit = body.limit();
+    let (mut reservation, budget) = match reserve {
+        Reserve::Held(r) => (r, None),
+        Reserve::Wait { budget, wait } => {
+            let first = expected.unwrap_or(FIRST_STEP.min(limit));
+            let r = budget
+                .reserve(first, Instant::now() + wait)
+                .await
+                .map_err(|o| overloaded(o, budget))?;
+            (r, Some((budget, wait)))
+        }
+    };
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
+    let mut hasher = hash.then(Sha256::new);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| read_error(&e, limit))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len() as u64;
+        if len > reservation.bytes()
+            && let Some((budget, wait)) = budget
+        {
+            let step = (len - reservation.bytes()).max(reservation.bytes());
+            let step = step.min(limit.saturating_sub(reservation.bytes()).max(1));
+            reservation
+                .grow(step, Instant::now() + wait)
+                .await
+                .map_err(|o| overloaded(o, budget))?;
+        }
+        if let Some(h) = &mut hasher {
+            h.update(&data);
+        }
+        chunks.push(data);
+    }
+    let sha256 = hasher.map(|h| hex::encode(h.finalize()));
+    Ok(Buffered {
+        chunks,
+        len,
+        sha256,
+        _reservation: reservation,
+    })
+}
+
+fn overloaded(o: Overloaded, budget: &Budget) -> ProxyError {
+    ProxyError::Overloaded {
+        wanted: o.wanted,
+        budget: budget.total(),
+        never_fits: o.never_fits,
+    }
+}
+
+/// The frames of a [`Buffered`] body, sent again without copying.
+struct BufferedBody {
+    buffered: Arc<Buffered>,
+    next: usize,
+}
+
+impl Body for BufferedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let next = self.next;
+        let chunk = self.buffered.chunks.get(next).cloned();
+        self.next += 1;
+        Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.buffered.chunks.len()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let sent: u64 = self.buffered.chunks[..self.next.min(self.buffered.chunks.len())]
+            .iter()
+            .map(|c| c.len() as u64)
+            .sum();
+        SizeHint::with_exact(self.buffered.len - sent)
     }
 }
 
@@ -137,75 +379,11 @@ where
     }
 }
 
-/// The client's request body as the request path sees it: cut at the
-/// route's `max_body`.
-pub struct RequestBody {
-    inner: Limited<ProxyBody>,
-}
-
-impl RequestBody {
-    pub fn new(body: ProxyBody, limit: u64) -> Self {
-        RequestBody {
-            inner: Limited::new(body, limit),
-        }
-    }
-
-    /// Set once the limit has been hit (the upstream request then fails).
-    pub fn tripped(&self) -> Arc<AtomicBool> {
-        self.inner.tripped()
-    }
-
-    pub fn boxed(self) -> ProxyBody {
-        BodyExt::boxed_unsync(self)
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A failure reading the client's body, as the client's error.
-pub fn read_error(err: &BoxError, limit: u64) -> ProxyError {
-    if err.downcast_ref::<LimitExceeded>().is_some() {
-        ProxyError::BodyTooLarge {
-            limit,
-            key: "max_body",
-        }
-    } else {
-        ProxyError::BadRequest(format!("reading the request body failed: {err}"))
-    }
-}
-
-/// Reads the whole body.
-pub async fn collect(body: RequestBody, limit: u64) -> Result<Bytes, ProxyError> {
-    body.collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| read_error(&e, limit))
-}
-
 /// The body to stream on, and whether it is empty. With no
 /// `Content-Length`, the first chunk is awaited (and put back in front).
 pub async fn peek_empty(
     mut body: RequestBody,
     content_length: Option<u64>,
-    limit: u64,
 ) -> Result<(ProxyBody, bool), ProxyError> {
     let empty = || {
         Empty::<Bytes>::new()
@@ -218,6 +396,7 @@ pub async fn peek_empty(
     if content_length.is_some() {
         return Ok((body.boxed(), false));
     }
+    let limit = body.limit();
     loop {
         match body.frame().await {
             None => return Ok((empty(), true)),
@@ -234,60 +413,4 @@ pub async fn peek_empty(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use std::collections::VecDeque;
-
-    /// An in-memory body of several data frames.
-    pub struct Chunks(pub VecDeque<Bytes>);
-
-    impl Chunks {
-        pub fn of(parts: &[&'static str]) -> Self {
-            Chunks(
-                parts
-                    .iter()
-                    .map(|p| Bytes::from_static(p.as_bytes()))
-                    .collect(),
-            )
-        }
-    }
-
-    impl Body for Chunks {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-        }
-        fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
-        }
-    }
-
-    #[tokio::test]
-    async fn limit_passes_a_body_of_exactly_the_limit() {
-        let body = Limited::new(Chunks::of(&["abc", "de"]), 5);
-        let tripped = body.tripped();
-        let all = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&all[..], b"abcde");
-        assert!(!tripped.load(Ordering::Acquire));
-    }
-
-    #[tokio::test]
-    async fn limit_cuts_the_stream_one_byte_over() {
-        let body = Limited::new(Chunks::of(&["abc", "def"]), 5);
-        let tripped = body.tripped();
-        let err = body.collect().await.unwrap_err();
-        assert!(err.downcast_ref::<LimitExceeded>().is_some());
-        assert!(tripped.load(Ordering::Acquire));
-    }
-
-    #[tokio::test]
-    async fn prefixed_puts_the_first_chunk_back() {
-        let body = Prefixed::new(Bytes::from_static(b"first-"), Chunks::of(&["rest"]));
-        assert!(!body.is_end_stream());
-        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"first-rest");
-    }
-}
+pub(crate) mod tests;

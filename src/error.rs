@@ -33,6 +33,11 @@ pub enum ProxyError {
         humantime::format_duration(*.0)
     )]
     RequestTimeout(Duration),
+    #[error(
+        "the client sent no byte of its request body for {} (idle_timeout)",
+        humantime::format_duration(*.0)
+    )]
+    RequestIdle(Duration),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -43,6 +48,16 @@ pub enum ProxyError {
     ForbiddenClient(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{}", overloaded_message(*wanted, *budget, *never_fits))]
+    Overloaded {
+        wanted: u64,
+        budget: u64,
+        never_fits: bool,
+    },
+    #[error("{0} is not allowed: the proxy does not forward it with your credentials")]
+    MethodNotAllowed(String),
+    #[error("the request headers are {size} bytes, more than server.max_header_bytes ({limit})")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("internal error")]
     Internal,
 }
@@ -59,6 +74,10 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::ForbiddenClient(_) => "forbidden_client",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::RequestIdle(_) => "request_timeout",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -73,6 +92,10 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::ForbiddenClient(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +113,47 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        match self {
+            // Room in the budget comes back as soon as the requests ahead finish.
+            ProxyError::Overloaded {
+                never_fits: false, ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(OVERLOADED_RETRY_AFTER),
+                );
+            }
+            ProxyError::MethodNotAllowed(_) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            }
+            _ => {}
+        }
         resp
+    }
+}
+
+/// Seconds a client is told to wait after 503 `overloaded`: buffered
+/// uploads finish in well under this on a local link.
+const OVERLOADED_RETRY_AFTER: &str = "2";
+
+/// The `Allow` header of a 405: every method but TRACE (and CONNECT,
+/// which is refused earlier as a forward-proxy request).
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+fn overloaded_message(wanted: u64, budget: u64, never_fits: bool) -> String {
+    let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
+    if never_fits {
+        format!(
+            "the request body ({}) is larger than the whole buffer budget (server.buffer_budget = {}); \
+             raise the budget or send the body unsigned",
+            size(wanted),
+            size(budget)
+        )
+    } else {
+        format!(
+            "the proxy is holding as many request bodies as its buffer budget allows ({}); retry shortly",
+            size(budget)
+        )
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod clock;

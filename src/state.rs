@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::{self, Provider};
+use crate::budget::Budget;
 use crate::client::HttpClient;
 use crate::clock::{self, Clock};
 use crate::config::walk::Problem;
@@ -23,6 +24,8 @@ pub struct State {
     pub providers: HashMap<String, Provider>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Request-body bytes held in memory (DESIGN §8).
+    pub budget: Budget,
 }
 
 /// What outlives a reload: metrics, the clock, and where secrets are read from.
@@ -88,12 +91,21 @@ impl State {
             let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx));
             providers.insert(name.clone(), provider);
         }
+        // Reservations held by requests in flight stay with the budget they
+        // came from; a reload that resizes the budget starts a new one.
+        let total = config.server.buffer_budget;
+        let budget = match previous {
+            Some(p) if p.budget.total() == total => p.budget.clone(),
+            _ => Budget::new(total, runtime.metrics.buffered_bytes.clone()),
+        };
+        runtime.metrics.buffer_budget.set(total as i64);
         Ok(State {
             config,
             client,
             providers,
             metrics: runtime.metrics,
             clock: runtime.clock,
+            budget,
         })
     }
 

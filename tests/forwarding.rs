@@ -163,10 +163,41 @@ async fn query_strings_are_forwarded_byte_for_byte_and_signed() {
 #[tokio::test]
 async fn unicode_and_encoded_slash_paths_are_forwarded_as_sent() {
     let (proxy, _) = signing_proxy("").await;
-    let path = "/%E5%AF%B9%E8%B1%A1/a%2Fb/./c/../d//e~f%20g+h";
+    let path = "/%E5%AF%B9%E8%B1%A1/a%2Fb/c/d//e~f%20g+h/.well-known/x..y";
     let (parts, bytes) = get(&proxy.url(path)).await;
     let v = echo_ok(&parts, &bytes);
     assert_eq!(v["path"], format!("/v1/infers/svc{path}"));
+}
+
+#[tokio::test]
+async fn dot_segments_never_reach_outside_the_route_and_get_400() {
+    // DESIGN §8: `/../SERVICE-B/predict` on a route to …/SERVICE-A must not
+    // reach SERVICE-B on an upstream that normalises paths.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    let upstream = upstream(move |_req| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { text_response(200, "reached") }
+    })
+    .await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{upstream}/v1/infers/SERVICE-A\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
+    ))
+    .await;
+    for path in [
+        "/../SERVICE-B/predict",
+        "/%2e%2e/SERVICE-B/predict",
+        "/a/./b",
+        "/..%2FSERVICE-B",
+    ] {
+        let (parts, bytes) = get(&proxy.url(path)).await;
+        assert_proxy_error(&parts, &bytes, 400, "bad_request");
+    }
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing went upstream"
+    );
 }
 
 #[tokio::test]

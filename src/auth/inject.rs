@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, header};
 use http_body::Body;
@@ -21,9 +20,10 @@ use super::Provider;
 use super::aksk::{self, AkSkCredentials, BodyHash, DecorateError, Target};
 use super::iam::Token;
 use super::refresh::{Expiring, Refreshing};
-use crate::body::{self, RequestBody};
+use crate::body::{self, Buffered, RequestBody, Reserve};
+use crate::budget::Budget;
 use crate::config::Route;
-use crate::error::{ProxyBody, ProxyError, full};
+use crate::error::{ProxyBody, ProxyError};
 use crate::headers::name::X_AUTH_TOKEN;
 use crate::metrics::{CredentialLabels, Metrics};
 
@@ -58,6 +58,10 @@ pub struct Injection<'a> {
     /// The signing time.
     pub now: DateTime<Utc>,
     pub metrics: &'a Metrics,
+    /// Every body byte held in memory is reserved here first.
+    pub budget: &'a Budget,
+    /// How long a signed body may wait for room in the budget.
+    pub buffer_wait: Duration,
 }
 
 impl Injection<'_> {
@@ -91,7 +95,7 @@ pub struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Arc<Buffered>,
 }
 
 /// Adds the route's credential to `out` and returns the request to send,
@@ -150,19 +154,24 @@ async fn sign_aksk(
 ) -> Result<ProxyBody, ProxyError> {
     let content_type =
         aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
-    let unsigned = aksk::is_unsigned(cx.route.payload, content_type);
-    let limit = cx.route.max_body;
-    let (to_send, buffered, empty) = if unsigned {
+    let (to_send, buffered, empty) = if aksk::is_unsigned(cx.route.payload, content_type) {
         // An empty body is signed with the empty-string hash even under
         // UNSIGNED-PAYLOAD (SPEC quirk 6), so find out whether it is empty.
-        let (body, empty) = body::peek_empty(body, out.content_length, limit).await?;
+        let (body, empty) = body::peek_empty(body, out.content_length).await?;
         (body, None, empty)
     } else {
-        let bytes = body::collect(body, limit).await?;
-        (full(bytes.clone()), Some(bytes), false)
+        let reserve = Reserve::Wait {
+            budget: cx.budget,
+            wait: cx.buffer_wait,
+        };
+        let buffered = Arc::new(body::buffer(body, out.content_length, reserve, true).await?);
+        (buffered.body(), Some(buffered), false)
     };
     let hash = match &buffered {
-        Some(bytes) => BodyHash::Bytes(bytes),
+        Some(b) => match b.sha256() {
+            Some(hex) if !b.is_empty() => BodyHash::Sha256Hex(hex),
+            _ => BodyHash::Bytes(&[]),
+        },
         None => BodyHash::Unsigned { empty },
     };
     let route_headers: Vec<_> = cx.route.headers.iter().map(|(n, _)| n).collect();
@@ -194,33 +203,34 @@ fn decorate_error(e: DecorateError) -> ProxyError {
 }
 
 /// A small (or no) body is read and kept so that a 401 can be answered by
-/// one replay with a renewed token; a large one streams through.
+/// one replay with a renewed token; a large one streams through, and so
+/// does a small one when the buffer budget has no room for it right now
+/// (the request goes on; only the replay is given up).
 async fn keep_if_small(
     out: &Outgoing,
     body: RequestBody,
     cx: &Injection<'_>,
 ) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError> {
-    let small = match out.content_length {
-        Some(len) => len <= REPLAY_BODY_LIMIT,
-        None => {
-            body.is_end_stream()
-                || body
-                    .size_hint()
-                    .upper()
-                    .is_some_and(|u| u <= REPLAY_BODY_LIMIT)
-        }
+    let size = match out.content_length {
+        Some(len) => Some(len),
+        None if body.is_end_stream() => Some(0),
+        None => body.size_hint().upper(),
     };
-    if !small {
+    let reservation = size
+        .filter(|&n| n <= REPLAY_BODY_LIMIT)
+        .and_then(|n| cx.budget.try_reserve(n));
+    let Some(reservation) = reservation else {
         return Ok((body.boxed(), None));
-    }
-    let bytes = body::collect(body, cx.route.max_body).await?;
+    };
+    let reserve = Reserve::Held(reservation);
+    let buffered = Arc::new(body::buffer(body, out.content_length, reserve, false).await?);
     let replay = Replay {
         method: out.method.clone(),
         uri: out.uri.clone(),
         headers: out.headers.clone(),
-        body: bytes.clone(),
+        body: buffered.clone(),
     };
-    Ok((full(bytes), Some(Box::new(replay))))
+    Ok((buffered.body(), Some(Box::new(replay))))
 }
 
 impl Recovery {
@@ -278,7 +288,7 @@ impl Recovery {
                     headers,
                     content_length: None,
                 };
-                Some(again.into_request(full(body)))
+                Some(again.into_request(body.body()))
             }
         }
     }

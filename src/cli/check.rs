@@ -19,7 +19,7 @@ use crate::auth::Provider;
 use crate::auth::refresh::{Expiring, Refreshing};
 use crate::config::walk::Problem;
 use crate::error::{ERROR_HEADER, chain};
-use crate::server::Daemon;
+use crate::server::{Daemon, Once};
 use crate::state::State;
 
 #[derive(clap::Args, Debug)]
@@ -116,9 +116,9 @@ async fn check_online(mut state: State) -> u8 {
     };
     let addr = daemon.local_addrs()[0];
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon.run(async {
+    let task = tokio::spawn(daemon.run(Once::new(async {
         let _ = stopped.await;
-    }));
+    })));
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     for prefix in prefixes {

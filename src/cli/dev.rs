@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::run::shutdown_signal;
 use super::{EXIT_CONFIG, log_startup, print_problems};
 use crate::config;
 use crate::credentials::Sources;
-use crate::server::Daemon;
+use crate::server::{Daemon, OsSignals};
 use crate::state::State;
 
 #[derive(clap::Args, Debug)]
@@ -85,7 +84,7 @@ pub(super) async fn dev(args: DevArgs) -> u8 {
         args.token_lifetime,
     );
     log_startup(&daemon);
-    daemon.run(shutdown_signal()).await;
+    daemon.run(OsSignals::new()).await;
     0
 }
 

@@ -10,7 +10,7 @@ use super::env::{Auth, env_credentials, flag_problem};
 use super::{EXIT_CONFIG, EXIT_USAGE, config_path, load_file, log_startup, print_problems};
 use crate::config;
 use crate::credentials::{Sources, System};
-use crate::server::Daemon;
+use crate::server::{Daemon, OsSignals};
 use crate::state::{Shared, State};
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +110,8 @@ pub(super) async fn run(args: RunArgs) -> u8 {
 
 /// Binds, logs what is served, reloads on SIGHUP, drains on SIGTERM / Ctrl-C.
 pub(super) async fn serve(state: State, config_path: Option<PathBuf>) -> u8 {
+    // Registered before binding, so a SIGTERM during startup is not lost.
+    let signals = OsSignals::new();
     let daemon = match Daemon::bind(state).await {
         Ok(d) => d,
         Err(e) => {
@@ -121,30 +123,8 @@ pub(super) async fn serve(state: State, config_path: Option<PathBuf>) -> u8 {
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(daemon.shared(), path));
     }
-    daemon.run(shutdown_signal()).await;
+    daemon.run(signals).await;
     0
-}
-
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("signal received");
 }
 
 async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {

@@ -4,10 +4,15 @@
 //! TOML table, then [`validate`] walks it key by key into [`Config`],
 //! collecting *every* problem with its key path. The runtime never sees TOML.
 
+pub mod server;
 pub mod walk;
 
+pub use server::{
+    DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, RequireHeader,
+    Server, address,
+};
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,17 +25,6 @@ use crate::secret::Secret;
 use crate::signer::AkSk;
 use walk::{Problem, Report, Section, check_keys, type_name};
 
-/// The gateway rejects bodies over 12 MB (APIG "API Request Signing Guide").
-pub const DEFAULT_MAX_BODY: u64 = 12 * 1024 * 1024;
-/// The gateway cuts a request off after 40 s without a response.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40);
-/// How long in-flight requests may finish after SIGTERM; below Kubernetes'
-/// default 30 s `terminationGracePeriodSeconds` would be safer per pod, but
-/// matching it lets long predictions finish.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Where the daemon listens unless told otherwise: loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -39,29 +33,6 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub credentials: BTreeMap<String, Credentials>,
     pub upstream_tls: UpstreamTls,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Server {
-    pub listen: Vec<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub allow_remote: bool,
-    pub max_body: u64,
-    pub timeout: Duration,
-    pub shutdown_grace: Duration,
-}
-
-impl Default for Server {
-    fn default() -> Self {
-        Server {
-            listen: vec![DEFAULT_LISTEN.parse().expect("valid default")],
-            admin_listen: None,
-            allow_remote: false,
-            max_body: DEFAULT_MAX_BODY,
-            timeout: DEFAULT_TIMEOUT,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-        }
-    }
 }
 
 /// How an AK/SK route treats the body (DESIGN §6).
@@ -277,14 +248,6 @@ pub struct Validated {
 
 /// Top-level keys.
 const TOP_KEYS: &[&str] = &["server", "route", "credentials", "upstream_tls"];
-const SERVER_KEYS: &[&str] = &[
-    "listen",
-    "admin_listen",
-    "allow_remote",
-    "max_body",
-    "timeout",
-    "shutdown_grace",
-];
 const ROUTE_KEYS: &[&str] = &[
     "prefix",
     "upstream",
@@ -352,7 +315,7 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
     let root = Section::new(table, "");
 
     let server = match root.table(&mut report, "server") {
-        Some(s) => server(&mut report, &s),
+        Some(s) => server::server(&mut report, &s, sources),
         None => Server::default(),
     };
     let upstream_tls = match root.table(&mut report, "upstream_tls") {
@@ -440,99 +403,6 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
         report.errors.sort_by(|a, b| a.path.cmp(&b.path));
         Err(report.errors)
     }
-}
-
-fn server(report: &mut Report, s: &Section<'_>) -> Server {
-    check_keys(report, s.table, &s.path, SERVER_KEYS);
-    let d = Server::default();
-    let allow_remote = s.bool(report, "allow_remote").unwrap_or(false);
-    let listen = match s.get("listen") {
-        None => d.listen.clone(),
-        Some(Value::String(a)) => address(report, &s.key_path("listen"), a, allow_remote)
-            .into_iter()
-            .collect(),
-        Some(Value::Array(items)) if items.is_empty() => {
-            report.error(s.key_path("listen"), "needs at least one address");
-            Vec::new()
-        }
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                let path = format!("{}[{i}]", s.key_path("listen"));
-                match v {
-                    Value::String(a) => address(report, &path, a, allow_remote),
-                    other => {
-                        report.error(
-                            path,
-                            format!("expected an address string, found {}", type_name(other)),
-                        );
-                        None
-                    }
-                }
-            })
-            .collect(),
-        Some(other) => {
-            report.error(
-                s.key_path("listen"),
-                format!(
-                    "expected an address or a list of addresses, found {}",
-                    type_name(other)
-                ),
-            );
-            Vec::new()
-        }
-    };
-    // The admin listener serves health and metrics only, no credentials, so it
-    // may bind beyond loopback (kubelet probes come from the node) without
-    // allow_remote, which would also open the proxy listener's guards.
-    let admin_listen = s
-        .str(report, "admin_listen")
-        .and_then(|a| address(report, &s.key_path("admin_listen"), a, true));
-    let max_body = s.size(report, "max_body").unwrap_or(d.max_body);
-    if max_body > DEFAULT_MAX_BODY {
-        report.warn(
-            s.key_path("max_body"),
-            "is above the gateway's 12 MiB limit; APIG will reject such bodies",
-        );
-    }
-    Server {
-        listen,
-        admin_listen,
-        allow_remote,
-        max_body,
-        timeout: s.duration(report, "timeout").unwrap_or(d.timeout),
-        shutdown_grace: s
-            .duration(report, "shutdown_grace")
-            .unwrap_or(d.shutdown_grace),
-    }
-}
-
-/// Parses a listen address; a non-loopback one needs `allow_remote = true`.
-pub fn address(
-    report: &mut Report,
-    path: &str,
-    text: &str,
-    allow_remote: bool,
-) -> Option<SocketAddr> {
-    let Ok(addr) = text.parse::<SocketAddr>() else {
-        report.error(
-            path,
-            format!("invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\""),
-        );
-        return None;
-    };
-    if !addr.ip().is_loopback() && !allow_remote {
-        report.error(
-            path,
-            format!(
-                "{addr} is not a loopback address; anyone who can reach it could use your \
-                 credentials. Set server.allow_remote = true if that is intended"
-            ),
-        );
-        return None;
-    }
-    Some(addr)
 }
 
 fn upstream_tls(report: &mut Report, s: &Section<'_>) -> UpstreamTls {

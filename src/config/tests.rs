@@ -1,5 +1,6 @@
 use super::*;
 use crate::credentials::fake::FakeSources;
+use std::net::SocketAddr;
 
 fn env() -> FakeSources {
     FakeSources::default()

@@ -177,6 +177,42 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A duration that may be zero (`"0s"`: off).
+    pub fn duration_or_zero(&self, report: &mut Report, key: &str) -> Option<Duration> {
+        let s = self.str(report, key)?;
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                report.error(
+                    self.key_path(key),
+                    format!("invalid duration {s:?} ({e}); write e.g. \"0s\" or \"5s\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// An integer within `min..=max`.
+    pub fn integer(&self, report: &mut Report, key: &str, min: i64, max: i64) -> Option<i64> {
+        match self.table.get(key)? {
+            Value::Integer(n) if (min..=max).contains(n) => Some(*n),
+            Value::Integer(n) => {
+                report.error(
+                    self.key_path(key),
+                    format!("{n} is out of range; must be between {min} and {max}"),
+                );
+                None
+            }
+            other => {
+                report.error(
+                    self.key_path(key),
+                    format!("expected an integer, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
     /// A byte size such as `"12MiB"` (or a plain integer of bytes); must be above zero.
     pub fn size(&self, report: &mut Report, key: &str) -> Option<u64> {
         let bytes = match self.table.get(key)? {

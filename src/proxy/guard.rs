@@ -1,14 +1,79 @@
 //! The checks a request head passes before anything else happens: pure
 //! functions of the head and the server config, unit-tested and fuzzed
 //! without sockets.
+//!
+//! Who may use the proxy ([`check_client`]), then what it refuses to forward
+//! ([`check_head`]): a forward-proxy request, a DNS-rebinding or cross-site
+//! browser request, `TRACE`, a path with dot segments, two `Host` headers,
+//! ambiguous framing, and oversized headers.
+
+use std::net::IpAddr;
 
 use http::{HeaderMap, Method, Request, Uri, Version, header};
 
 use crate::config::Server;
 use crate::error::ProxyError;
+use crate::signer::verify::constant_time_eq;
+
+/// `allow_clients` (the source address) and `require_header` (a shared
+/// secret, compared in constant time and never echoed).
+pub fn check_client(
+    server: &Server,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if let Some(ip) = peer
+        && !server.client_allowed(ip)
+    {
+        return Err(ProxyError::ForbiddenClient(format!(
+            "{ip} is not in server.allow_clients"
+        )));
+    }
+    if let Some(required) = &server.require_header {
+        let sent = headers.get_all(&required.name).iter().next_back();
+        let ok = sent
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), required.value.expose().as_bytes()));
+        if !ok {
+            return Err(ProxyError::ForbiddenClient(format!(
+                "this listener requires the {} header with the shared secret (server.require_header)",
+                required.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Everything the proxy refuses to forward, in one pass over the head.
+pub fn check_head<B>(req: &Request<B>, server: &Server) -> Result<(), ProxyError> {
+    check_target(req, server)?;
+    if req.method().as_str() == "TRACE" {
+        // It would echo the request, injected credential included, to the client.
+        return Err(ProxyError::MethodNotAllowed("TRACE".to_owned()));
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(ProxyError::BadRequest(
+            "more than one Host header; send exactly one".to_owned(),
+        ));
+    }
+    if has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadRequest(format!(
+            "the path {:?} has a \".\" or \"..\" segment (raw or percent-encoded); a route never reaches outside its upstream path",
+            req.uri().path()
+        )));
+    }
+    check_framing(req.headers())?;
+    let size = head_size(req.uri(), req.headers());
+    if size > server.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge {
+            size,
+            limit: server.max_header_bytes,
+        });
+    }
+    Ok(())
+}
 
 /// Refuses what would make the proxy a forward proxy or a DNS-rebinding target.
-pub fn check_target<B>(req: &Request<B>, server: &Server) -> Result<(), ProxyError> {
+fn check_target<B>(req: &Request<B>, server: &Server) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ForbiddenClient(
             "CONNECT is refused: modelarts-proxy is a reverse proxy for its configured routes, not a forward proxy"
@@ -103,3 +168,74 @@ fn is_loopback_name(host: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
+
+/// The request target and headers in bytes, counted as HTTP/2 counts a
+/// header list (name + value + 32 per field).
+pub fn head_size(uri: &Uri, headers: &HeaderMap) -> usize {
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum::<usize>()
+        + target
+}
+
+/// One reading of the body's length only: `Content-Length` with
+/// `Transfer-Encoding`, or several different `Content-Length` values, could
+/// be read two ways by the next hop (request smuggling).
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding; send one".to_owned(),
+            ));
+        }
+        if lengths.any(|v| v != first) {
+            return Err(ProxyError::BadRequest(
+                "Content-Length headers that disagree".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True if a segment of `path`, percent-decoded, is `.` or `..` (a
+/// decoded `/` or `\` also splits segments, as some servers treat them).
+pub fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'.') && !bytes.contains(&b'%') {
+        return false;
+    }
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            decoded.push(h << 4 | l);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    decoded
+        .split(|b| *b == b'/' || *b == b'\\')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,118 +1,120 @@
 //! The request path: one client request in, one upstream request out.
 //!
 //! [`handle`] composes the steps, one per line, in the order a request meets
-//! them; each step is a function with a name saying what it does. Every
-//! failure is a [`ProxyError`], turned into a response in one place
-//! ([`ProxyError::to_response`]).
+//! them; each step is a function that says what it does. The connection
+//! guard before them (limits, header timeout, idle close) lives in
+//! `server`. Every failure is a [`ProxyError`], turned into a response in
+//! one place ([`ProxyError::to_response`]), and every request, answered by
+//! the upstream or by the proxy, ends in one access-log line written when
+//! its response body ends ([`observe`]).
 
+pub mod connection;
 pub mod guard;
+pub mod observe;
 mod send;
 
-use std::time::Instant;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::auth::inject::{self, Injection, Outgoing};
-use crate::body::RequestBody;
-use crate::config::Route;
+use crate::body::{Progress, RequestBody};
+use crate::config::{Route, Server};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::headers::{self, CLIENT_CREDENTIAL_HEADERS, HOP_BY_HOP};
 use crate::route::{match_route, upstream_path_and_query};
 use crate::state::{Shared, State};
+pub use connection::Connection;
+use observe::Exchange;
 
-/// Serves one request: never fails, proxy errors become JSON responses.
-pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody>
+/// Serves one request: never fails; proxy errors become JSON responses.
+pub async fn handle<B>(
+    shared: &Shared,
+    conn: &Arc<Connection>,
+    req: Request<B>,
+) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let started = Instant::now();
     let state = shared.state.load_full();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    shared.metrics.in_flight.inc();
-    let mut route_label = "none";
-    let result = stack(&state, shared, req, &mut route_label).await;
-    let elapsed = started.elapsed();
-    shared.metrics.in_flight.dec();
-    let (response, error) = match result {
-        Ok(resp) => (resp, None),
-        Err(err) => {
-            tracing::warn!(route = route_label, %method, %path, code = err.code(), "{err}");
-            (err.to_response(), Some(err.code()))
-        }
-    };
-    let status = response.status().as_u16();
-    shared
-        .metrics
-        .observe_request(route_label, status, error, elapsed);
-    tracing::info!(
-        target: "modelarts_proxy::access",
-        %method,
-        %path,
-        route = route_label,
-        status,
-        error = error.unwrap_or(""),
-        head_ms = elapsed.as_millis() as u64,
-        "request"
+    // The access-log record: written, with the metrics, when the response body ends.
+    let mut exchange = Exchange::begin(
+        shared.metrics.clone(),
+        conn.clone(),
+        req.method(),
+        req.uri().path(),
     );
-    response
+    let result = stack(&state, conn, req, &mut exchange).await;
+    exchange.respond(result, state.config.server.idle_timeout)
 }
 
 /// The steps of the request path, top to bottom.
-async fn stack<'s, B>(
-    state: &'s State,
-    shared: &Shared,
+async fn stack<B>(
+    state: &State,
+    conn: &Connection,
     req: Request<B>,
-    route_label: &mut &'s str,
+    exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    // Never an open proxy, never a DNS-rebinding or cross-site target.
-    guard::check_target(&req, &state.config.server)?;
+    let server = &state.config.server;
+    // Who may use the proxy: allowed source addresses, and the shared secret when one is set.
+    guard::check_client(server, conn.peer().map(|p| p.ip()), req.headers())?;
+    // Never an open proxy or a DNS-rebinding target; nothing the upstream could read two ways.
+    guard::check_head(&req, server)?;
     // Which upstream: the longest matching prefix.
     let (route, rest) = find_route(state, req.uri().path())?;
-    *route_label = &route.prefix;
-    let rest = rest.to_owned();
-    // The gateway's size limit before anything is read; the body is counted as it streams.
-    let (parts, body) = req.into_parts();
-    let content_length = admit_length(&parts.headers, route)?;
-    let body = RequestBody::new(body.map_err(Into::into).boxed_unsync(), route.max_body);
-    // The upstream URL and the headers to forward (hop-by-hop and client credentials out).
-    let outgoing = rewrite(&parts, route, &rest, content_length)?;
-    // Credentials, the send and 401 recovery share the gateway's deadline.
-    let response = forward(state, shared, route, outgoing, body).await?;
-    // The response streams back, hop-by-hop headers removed.
+    exchange.set_route(&route.prefix);
+    // The gateway's size limit before any byte is read; the body is counted and idle-timed as it streams.
+    let (parts, body, content_length) = admit(req, route, server)?;
+    exchange.set_request_body(body.progress());
+    // The upstream URL and the headers to forward (hop-by-hop, client credentials and the shared secret out).
+    let outgoing = rewrite(&parts, route, &rest, content_length, server)?;
+    // Credentials, the send and 401 recovery, within the gateway's deadline until the response head.
+    let response = forward(state, route, outgoing, body).await?;
+    // The response streams back without its hop-by-hop headers (its idle timer is set by `respond`).
     Ok(stream_back(response))
 }
 
-fn find_route<'s, 'p>(state: &'s State, path: &'p str) -> Result<(&'s Route, &'p str), ProxyError> {
-    match_route(&state.config.routes, path).ok_or_else(|| ProxyError::NoRoute {
-        path: path.to_owned(),
-        prefixes: state
-            .config
-            .routes
-            .iter()
-            .map(|r| r.prefix.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
+fn find_route<'s>(state: &'s State, path: &str) -> Result<(&'s Route, String), ProxyError> {
+    match match_route(&state.config.routes, path) {
+        Some((route, rest)) => Ok((route, rest.to_owned())),
+        None => Err(ProxyError::NoRoute {
+            path: path.to_owned(),
+            prefixes: state
+                .config
+                .routes
+                .iter()
+                .map(|r| r.prefix.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
 }
 
-/// A `Content-Length` over `max_body` is refused before anything is read.
-fn admit_length(headers: &HeaderMap, route: &Route) -> Result<Option<u64>, ProxyError> {
-    let content_length = match headers.get(header::CONTENT_LENGTH) {
+/// A `Content-Length` over `max_body` is refused before anything is read;
+/// the body that is let in is cut at `max_body` and at `idle_timeout`.
+fn admit<B>(
+    req: Request<B>,
+    route: &Route,
+    server: &Server,
+) -> Result<(http::request::Parts, RequestBody, Option<u64>), ProxyError>
+where
+    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let content_length = match req.headers().get(header::CONTENT_LENGTH) {
         None => None,
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| ProxyError::BadRequest("invalid Content-Length".to_owned()))?,
         ),
     };
@@ -122,7 +124,13 @@ fn admit_length(headers: &HeaderMap, route: &Route) -> Result<Option<u64>, Proxy
             key: "max_body",
         });
     }
-    Ok(content_length)
+    let (parts, body) = req.into_parts();
+    let body = RequestBody::new(
+        body.map_err(Into::into).boxed_unsync(),
+        route.max_body,
+        server.idle_timeout,
+    );
+    Ok((parts, body, content_length))
 }
 
 /// The upstream request's URL and headers: the route's base path plus the
@@ -133,6 +141,7 @@ fn rewrite(
     route: &Route,
     rest: &str,
     content_length: Option<u64>,
+    server: &Server,
 ) -> Result<Outgoing, ProxyError> {
     let path_and_query =
         upstream_path_and_query(&route.upstream.base_path, rest, parts.uri.query());
@@ -142,12 +151,17 @@ fn rewrite(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-    let mut headers = forward_headers(&parts.headers);
+    let secret = server.require_header.as_ref().map(|r| &r.name);
+    let mut headers = forward_headers(&parts.headers, secret);
     headers.insert(
         header::HOST,
         HeaderValue::from_str(route.upstream.authority.as_str())
             .map_err(|_| ProxyError::Internal)?,
     );
+    if let Some(len) = content_length {
+        // Repeated identical values (allowed by `check_head`) go on as one.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     for (name, value) in &route.headers {
         headers.insert(name.clone(), value.clone());
     }
@@ -160,9 +174,9 @@ fn rewrite(
 }
 
 /// Copies the headers to forward: no hop-by-hop headers (nor those the
-/// `Connection` header names), no client credentials, no Host, no Expect
-/// (the proxy has already read, or is streaming, the body).
-fn forward_headers(src: &HeaderMap) -> HeaderMap {
+/// `Connection` header names), no client credentials, no shared secret, no
+/// Host, no Expect (the proxy has already read, or is streaming, the body).
+fn forward_headers(src: &HeaderMap, secret: Option<&HeaderName>) -> HeaderMap {
     let listed = headers::connection_listed(src);
     let mut out = HeaderMap::with_capacity(src.len() + 6);
     for (name, value) in src {
@@ -170,6 +184,7 @@ fn forward_headers(src: &HeaderMap) -> HeaderMap {
             || CLIENT_CREDENTIAL_HEADERS.contains(&name.as_str())
             || name == header::HOST
             || name == header::EXPECT
+            || Some(name) == secret
             || listed.contains(name);
         if !drop {
             out.append(name.clone(), value.clone());
@@ -179,16 +194,17 @@ fn forward_headers(src: &HeaderMap) -> HeaderMap {
 }
 
 /// Injects the credential, sends, and answers a 401, all within the
-/// route's `timeout` (the gateway's 40 s) until the response head.
+/// route's `timeout` (the gateway's 40 s) until the response head. When
+/// the deadline passes while the client's body is still awaited, the
+/// client is to blame (408); otherwise the upstream (504).
 async fn forward(
     state: &State,
-    shared: &Shared,
     route: &Route,
     outgoing: Outgoing,
     body: RequestBody,
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let tripped = body.tripped();
+    let progress: Arc<Progress> = body.progress();
     let provider = route
         .credentials
         .as_ref()
@@ -196,26 +212,26 @@ async fn forward(
     let cx = Injection {
         route,
         deadline,
-        now: (shared.clock)(),
+        now: (state.clock)(),
         metrics: &state.metrics,
+        budget: &state.budget,
+        buffer_wait: state.config.server.buffer_wait,
     };
-    // Reading the client's body (to hash it, or to see whether it is empty)
-    // is timed apart from waiting on the upstream, so a stalled upload is a
-    // 408 and not blamed on the upstream.
-    let (request, recovery) = match tokio::time::timeout_at(
-        deadline,
-        inject::inject(provider, outgoing, body, &cx),
-    )
-    .await
-    {
-        Ok(result) => result?,
-        Err(_elapsed) => return Err(ProxyError::RequestTimeout(route.timeout)),
+    let exchange = async {
+        let (request, recovery) = inject::inject(provider, outgoing, body, &cx).await?;
+        let request = send::chunked_if_unknown(request);
+        let response = send::send(&state.client, request, &progress, route).await?;
+        match recovery.after(response.status(), &cx).await {
+            Some(again) => send::send(&state.client, again, &progress, route).await,
+            None => Ok(response),
+        }
     };
-    let send = |req| send::within(deadline, &state.client, req, &tripped, route);
-    let response = send(send::chunked_if_unknown(request)).await?;
-    match recovery.after(response.status(), &cx).await {
-        Some(again) => send(again).await,
-        None => Ok(response),
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_elapsed) if progress.waiting_on_client() => {
+            Err(ProxyError::RequestTimeout(route.timeout))
+        }
+        Err(_elapsed) => Err(ProxyError::UpstreamTimeout(route.timeout)),
     }
 }
 

@@ -1,30 +1,28 @@
-//! Sending upstream: the pooled client under the request's deadline, and
-//! the one place a failed exchange is classified (whose fault it was).
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! Sending upstream with the pooled client, and the one place a failed
+//! exchange is classified: the client's fault (413, 408, 400) or the
+//! upstream's (502).
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
+use crate::body::{BodyIdle, LimitExceeded, Progress};
 use crate::client::HttpClient;
 use crate::config::Route;
 use crate::error::{ProxyBody, ProxyError, chain};
 
-/// Sends `req`; no response head by `deadline` is a 504.
-pub async fn within(
-    deadline: Instant,
+/// Sends `req` and waits for the response head (the caller bounds the time).
+pub async fn send(
     client: &HttpClient,
     req: Request<ProxyBody>,
-    tripped: &AtomicBool,
+    body: &Progress,
     route: &Route,
 ) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout_at(deadline, client.request(req)).await {
-        Ok(result) => result.map_err(|e| classify_upstream_error(&e, tripped, route)),
-        Err(_elapsed) => Err(ProxyError::UpstreamTimeout(route.timeout)),
-    }
+    client
+        .request(req)
+        .await
+        .map_err(|e| classify_upstream_error(&e, body, route))
 }
 
 /// hyper writes no body at all for a GET/HEAD whose length it does not
@@ -45,10 +43,10 @@ pub fn chunked_if_unknown(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
 
 fn classify_upstream_error(
     err: &hyper_util::client::legacy::Error,
-    tripped: &AtomicBool,
+    body: &Progress,
     route: &Route,
 ) -> ProxyError {
-    if tripped.load(Ordering::Acquire) {
+    if body.tripped() {
         return ProxyError::BodyTooLarge {
             limit: route.max_body,
             key: "max_body",
@@ -61,9 +59,19 @@ fn classify_upstream_error(
             chain(err)
         ));
     }
-    // The client's own body failing (disconnect mid-upload) is not the upstream's fault.
+    // The client's own body failing (stalled, too large, disconnected
+    // mid-upload) is not the upstream's fault.
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
+        if let Some(idle) = cause.downcast_ref::<BodyIdle>() {
+            return ProxyError::RequestIdle(idle.after);
+        }
+        if cause.downcast_ref::<LimitExceeded>().is_some() {
+            return ProxyError::BodyTooLarge {
+                limit: route.max_body,
+                key: "max_body",
+            };
+        }
         if let Some(h) = cause.downcast_ref::<hyper::Error>()
             && h.is_user()
         {

@@ -21,7 +21,7 @@ use modelarts_proxy::credentials::Sources;
 use modelarts_proxy::dev::StandIn;
 use modelarts_proxy::error::BoxError;
 use modelarts_proxy::secret::Secret;
-use modelarts_proxy::server::Daemon;
+use modelarts_proxy::server::{Daemon, Once};
 use modelarts_proxy::signer::AkSk;
 use modelarts_proxy::state::{Shared, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,9 +108,9 @@ pub async fn start_proxy(toml: &str) -> Proxy {
     let admin = daemon.admin_addr();
     let shared = daemon.shared();
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(daemon.run(async {
+    let task = tokio::spawn(daemon.run(Once::new(async {
         let _ = stopped.await;
-    }));
+    })));
     Proxy {
         addr,
         admin,

@@ -1,0 +1,116 @@
+//! One client connection as the request path sees it: who is on the other
+//! end, and whether a request is in flight, so the server can close it when
+//! it idles (header timeout, connection pressure) or drains.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Shared by the server's connection task and every request on it.
+#[derive(Debug)]
+pub struct Connection {
+    peer: Option<SocketAddr>,
+    opened: Instant,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    /// When the connection last had no request in flight: nanoseconds after `opened`.
+    idle_since: AtomicU64,
+    became_idle: Notify,
+}
+
+impl Connection {
+    pub fn new(peer: Option<SocketAddr>) -> Self {
+        Connection {
+            peer,
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            became_idle: Notify::new(),
+        }
+    }
+
+    /// The client's address (`None` for a Unix socket or an in-process caller).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Requests whose response body has ended on this connection.
+    pub fn requests_served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// True when no request is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called once per request, when its response body ends or is dropped.
+    pub(crate) fn request_finished(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let nanos = self.opened.elapsed().as_nanos() as u64;
+            self.idle_since.store(nanos, Ordering::Release);
+            self.became_idle.notify_waiters();
+        }
+    }
+
+    /// Resolves once the connection has had no request in flight for `idle`
+    /// (counting from when it opened, or from the end of its last response).
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let woken = self.became_idle.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !self.is_idle() {
+                woken.await;
+                continue;
+            }
+            let since = self.idle_since.load(Ordering::Acquire);
+            let deadline = self.opened + Duration::from_nanos(since) + idle;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.is_idle() && self.idle_since.load(Ordering::Acquire) == since {
+                        return;
+                    }
+                }
+                () = &mut woken => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_idle_from_the_start() {
+        let c = Connection::new(None);
+        let start = Instant::now();
+        c.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_counts_from_the_end_of_the_last_response() {
+        let c = std::sync::Arc::new(Connection::new(None));
+        c.request_started();
+        let c2 = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            c2.request_finished();
+        });
+        let start = Instant::now();
+        c.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(130));
+        assert_eq!(c.requests_served(), 1);
+    }
+}

@@ -1,0 +1,255 @@
+//! The end of the request path: the response body streams back under an
+//! idle timer, and when it ends (or fails, or the client goes away) one
+//! access-log line and the request's metrics are written, with the outcome.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::time::{Instant, Sleep};
+
+use super::connection::Connection;
+use crate::body::Progress;
+use crate::error::{BoxError, ProxyBody, ProxyError};
+use crate::metrics::{Done, Metrics};
+
+/// How a response body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    /// The client went away before the body ended.
+    ClientAborted,
+    /// The upstream's body failed (reset, closed early).
+    UpstreamReset,
+    /// The upstream sent nothing for `idle_timeout`; the stream was cut.
+    IdleTimeout,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::UpstreamReset => "upstream_reset",
+            Outcome::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// The response went silent for `after` (`idle_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no byte of its response body for {}", humantime::format_duration(*.after))]
+pub struct ResponseIdle {
+    pub after: Duration,
+}
+
+/// One request from arrival to the end of its response body.
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    conn: Arc<Connection>,
+    started: Instant,
+    method: Method,
+    path: String,
+    route: String,
+    status: u16,
+    error: Option<&'static str>,
+    head_after: Duration,
+    request_body: Option<Arc<Progress>>,
+    bytes_out: u64,
+    finished: bool,
+}
+
+impl Exchange {
+    /// Starts the record; the request counts as in flight until [`finish`](Self::finish).
+    pub fn begin(
+        metrics: Arc<Metrics>,
+        conn: Arc<Connection>,
+        method: &Method,
+        path: &str,
+    ) -> Self {
+        metrics.in_flight.inc();
+        conn.request_started();
+        Exchange {
+            metrics,
+            conn,
+            started: Instant::now(),
+            method: method.clone(),
+            path: path.to_owned(),
+            route: "none".to_owned(),
+            status: 0,
+            error: None,
+            head_after: Duration::ZERO,
+            request_body: None,
+            bytes_out: 0,
+            finished: false,
+        }
+    }
+
+    pub fn set_route(&mut self, prefix: &str) {
+        prefix.clone_into(&mut self.route);
+    }
+
+    pub fn set_request_body(&mut self, progress: Arc<Progress>) {
+        self.request_body = Some(progress);
+    }
+
+    /// The response to send: the upstream's (body under the idle timer) or
+    /// the proxy's own JSON error. Either way the body carries this record.
+    pub fn respond(
+        mut self,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        idle: Duration,
+    ) -> Response<ProxyBody> {
+        self.head_after = self.started.elapsed();
+        let response = match result {
+            Ok(response) => {
+                self.metrics.upstream_head(&self.route, self.head_after);
+                response
+            }
+            Err(err) => {
+                tracing::warn!(route = %self.route, method = %self.method, path = %self.path, code = err.code(), "{err}");
+                self.metrics.proxy_error(&self.route, err.code());
+                self.error = Some(err.code());
+                err.to_response()
+            }
+        };
+        self.status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = ResponseBody {
+            inner: body,
+            idle,
+            timer: None,
+            armed: false,
+            exchange: self,
+        };
+        Response::from_parts(parts, BodyExt::boxed_unsync(body))
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let total = self.started.elapsed();
+        let bytes_in = self.request_body.as_ref().map_or(0, |p| p.bytes());
+        let failure = (outcome != Outcome::Complete).then(|| outcome.as_str());
+        self.metrics.in_flight.dec();
+        self.metrics.request_done(&Done {
+            route: &self.route,
+            status: self.status,
+            total,
+            bytes_in,
+            bytes_out: self.bytes_out,
+            failure,
+        });
+        self.conn.request_finished();
+        let peer = self.conn.peer().map(|p| p.to_string());
+        tracing::info!(
+            target: "modelarts_proxy::access",
+            method = %self.method,
+            path = %self.path,
+            route = %self.route,
+            status = self.status,
+            error = self.error.unwrap_or(""),
+            outcome = outcome.as_str(),
+            bytes_in,
+            bytes_out = self.bytes_out,
+            head_ms = self.head_after.as_millis() as u64,
+            total_ms = total.as_millis() as u64,
+            client = peer.as_deref().unwrap_or("local"),
+            "request"
+        );
+    }
+}
+
+impl Drop for Exchange {
+    /// A response that was never sent to the end: the client went away.
+    fn drop(&mut self) {
+        self.finish(Outcome::ClientAborted);
+    }
+}
+
+/// A response body that is cut when it moves no byte for `idle`, and that
+/// finishes its [`Exchange`] when it ends.
+struct ResponseBody {
+    inner: ProxyBody,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    exchange: Exchange,
+}
+
+impl ResponseBody {
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if !this.idle_expired(cx) {
+                    return Poll::Pending;
+                }
+                let err = ResponseIdle { after: this.idle };
+                tracing::warn!(route = %this.exchange.route, path = %this.exchange.path, "{err}; the stream is cut");
+                this.exchange.finish(Outcome::IdleTimeout);
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                if let Some(data) = frame.data_ref() {
+                    this.exchange.bytes_out += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(route = %this.exchange.route, path = %this.exchange.path, "the upstream's response body failed: {}", crate::error::chain(&*e));
+                this.exchange.finish(Outcome::UpstreamReset);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.exchange.finish(Outcome::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows is complete (HEAD, a full Content-Length)
+        // without polling it to the end.
+        if self.inner.is_end_stream() {
+            self.exchange.finish(Outcome::Complete);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The admin listener: `/healthz` (alive), `/readyz` (ready for traffic;
+//! 503 while draining or until every expiring credential is fetched) and
+//! `/metrics` (Prometheus text). It holds no credentials.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::error::{ProxyBody, full};
+use crate::state::Shared;
+
+/// Probes and scrapers open a handful of connections; more wait.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// A probe that sends nothing is dropped after this long.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a failed `accept`, wait this long before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, draining: Arc<AtomicBool>) {
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        let (shared, draining) = (shared.clone(), draining.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = response(req.uri().path(), &shared, draining.load(Ordering::Acquire));
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+fn response(path: &str, shared: &Shared, draining: bool) -> Response<ProxyBody> {
+    let (status, content_type, body): (StatusCode, &str, Bytes) = match path {
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" if draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"draining\n"),
+        ),
+        // Not ready until every IAM token / temporary key has been fetched.
+        "/readyz" => match shared.state.load().readiness() {
+            Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            Err(reasons) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from(format!("not ready:\n{}\n", reasons.join("\n"))),
+            ),
+        },
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Bytes::from(shared.metrics.encode()),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found: try /healthz, /readyz or /metrics\n"),
+        ),
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(content_type).expect("static"),
+    );
+    resp
+}
