@@ -78,6 +78,8 @@ pub struct Proxy {
     pub admin: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
+    /// Each message is one stop signal (the first drains, a second cuts).
+    pub signals: Option<tokio::sync::mpsc::Sender<()>>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -96,6 +98,33 @@ impl Proxy {
 
 /// Starts a proxy from config text; `listen` is forced to 127.0.0.1:0.
 pub async fn start_proxy(toml: &str) -> Proxy {
+    let (daemon, stop) = bound(toml).await;
+    let (tx, stopped) = oneshot::channel();
+    let task = tokio::spawn(daemon.run(Once::new(async {
+        let _ = stopped.await;
+    })));
+    Proxy {
+        stop: Some(tx),
+        task,
+        ..stop
+    }
+}
+
+/// As [`start_proxy`], stopped by messages on [`Proxy::signals`] (like
+/// SIGTERM: the first drains, a second cuts the drain short).
+pub async fn start_proxy_with_signals(toml: &str) -> Proxy {
+    let (daemon, proxy) = bound(toml).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(daemon.run(rx));
+    Proxy {
+        signals: Some(tx),
+        task,
+        ..proxy
+    }
+}
+
+/// A bound daemon and its (not yet running) handle.
+async fn bound(toml: &str) -> (Daemon, Proxy) {
     let mut v =
         config::load(toml, &TestSources).unwrap_or_else(|e| panic!("test config invalid: {e:#?}"));
     v.config.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
@@ -104,19 +133,44 @@ pub async fn start_proxy(toml: &str) -> Proxy {
     }
     let state = State::build(v.config).expect("state builds");
     let daemon = Daemon::bind(state).await.expect("binds");
-    let addr = daemon.local_addrs()[0];
-    let admin = daemon.admin_addr();
-    let shared = daemon.shared();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(daemon.run(Once::new(async {
-        let _ = stopped.await;
-    })));
-    Proxy {
-        addr,
-        admin,
-        shared,
-        stop: Some(stop),
-        task,
+    let proxy = Proxy {
+        addr: daemon.local_addrs()[0],
+        admin: daemon.admin_addr(),
+        shared: daemon.shared(),
+        stop: None,
+        signals: None,
+        task: tokio::spawn(async {}),
+    };
+    (daemon, proxy)
+}
+
+impl Proxy {
+    /// One value from the Prometheus text, e.g.
+    /// `metric("modelarts_proxy_stream_failures_total{route=\"/\",cause=\"idle_timeout\"}")`;
+    /// 0 when the series does not exist yet.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.shared.metrics.encode();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Polls `cond` until it holds; panics after [`TEST_DEADLINE`]. For state
+/// that changes on another task (a connection accepted, a gauge moved):
+/// correctness never depends on how long the polls wait.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TEST_DEADLINE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
