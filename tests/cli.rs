@@ -15,6 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_modelarts-proxy");
 const TOKEN: &str = "sts-TOKEN-Qw8-never-log-me";
 const PASSWORD: &str = "iam-PASSWORD-never-log-me";
 const APP_CODE: &str = "app-CODE-never-log-me-0123456789";
+const PROXY_KEY: &str = "proxy-KEY-shared-never-log-me";
 
 /// Writes `dir/{name}.toml`: one route to `{iam}{path}` with token credentials
 /// for alice at the stand-in IAM `iam`, her password in `TEST_PASSWORD`.
@@ -275,6 +276,7 @@ async fn secrets_never_reach_logs_or_responses_even_at_trace_level() {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+require_header = {{ name = "X-Proxy-Key", value = {{ env = "TEST_PROXY_KEY" }} }}
 [[route]]
 prefix = "/"
 upstream = "http://{upstream}/v1/infers/svc"
@@ -330,6 +332,7 @@ security_token = {{ env = "TEST_TOKEN" }}
         .env("TEST_TOKEN", TOKEN)
         .env("TEST_PASSWORD", PASSWORD)
         .env("TEST_APP_CODE", APP_CODE)
+        .env("TEST_PROXY_KEY", PROXY_KEY)
         .env("RUST_LOG", "trace")
         .args(["run", "-c"])
         .arg(&config);
@@ -362,10 +365,14 @@ security_token = {{ env = "TEST_TOKEN" }}
         ("GET", "/wrong", "", 401),
         ("POST", "/tok", "application/json", 200),
         ("GET", "/key", "", 200),
+        ("GET", "/no-proxy-key", "", 403),
     ];
     for (method, path, ct, want) in cases {
         let mut req = request(method, &format!("http://{proxy}{path}"))
             .header("authorization", format!("Bearer {SK}"));
+        if want != 403 {
+            req = req.header("x-proxy-key", PROXY_KEY);
+        }
         if !ct.is_empty() {
             req = req.header("content-type", ct);
         }
@@ -403,7 +410,7 @@ security_token = {{ env = "TEST_TOKEN" }}
         "trace-level logging was on, so the search below means something"
     );
     let iam_token = stats.last_token().expect("IAM issued a token");
-    for secret in [SK, TOKEN, PASSWORD, APP_CODE, iam_token.expose()] {
+    for secret in [SK, TOKEN, PASSWORD, APP_CODE, PROXY_KEY, iam_token.expose()] {
         assert!(!logs.contains(secret), "a secret reached the logs");
         for b in &bodies {
             assert!(!b.contains(secret), "a secret reached a response body: {b}");
@@ -554,5 +561,104 @@ async fn check_online_fetches_a_token_and_reports_the_exact_failure() {
         "reported without waiting out max_wait"
     );
     assert!(!stderr.contains("wrong-password"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Sends `signal` (e.g. "-INT") to the child.
+fn signal(child: &Child, signal: &str) {
+    Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+}
+
+#[test]
+fn max_connections_is_lowered_to_fit_a_small_open_file_limit() {
+    let dir = temp_dir("nofile");
+    let mut c = Command::new("sh");
+    c.env_clear()
+        .env("HOME", &dir)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args([
+            "-c",
+            &format!(
+                "ulimit -n 200 && exec {BIN} run --auth none --upstream http://127.0.0.1:9/ --listen 127.0.0.1:0"
+            ),
+        ]);
+    let (mut child, _out, err) = spawn(c);
+    let mut seen = Vec::new();
+    // (200 - 64 reserved) / 2: each client connection may need an upstream one.
+    let line = wait_for(&err, "server.max_connections lowered", &mut seen);
+    assert!(line.contains("from 4096 to 68"), "{line}");
+    wait_for(&err, "listening on http://", &mut seen);
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once_with_status_0() {
+    let dir = temp_dir("second-signal");
+    let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = arrived.clone();
+    let hanging = upstream(move |_req| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { std::future::pending().await }
+    })
+    .await;
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"120s\"\ntimeout = \"120s\"\n[[route]]\nupstream = \"http://{hanging}/\"\n"
+        ),
+    )
+    .unwrap();
+    let mut c = cmd(&dir);
+    c.args(["run", "-c", config.to_str().unwrap()]);
+    let (mut child, _out, err) = spawn(c);
+    let mut seen = Vec::new();
+    let line = wait_for(&err, "listening on http://", &mut seen);
+    let addr = line.split("http://").nth(1).unwrap().trim().to_owned();
+    let in_flight = tokio::spawn(
+        client().request(
+            request("GET", &format!("http://{addr}/slow"))
+                .body(body(""))
+                .unwrap(),
+        ),
+    );
+    eventually("the request reached the upstream", || {
+        arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    signal(&child, "-TERM");
+    let (err, mut seen) = tokio::task::spawn_blocking(move || {
+        wait_for(&err, "draining", &mut seen);
+        (err, seen)
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    signal(&child, "-INT");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "exited without waiting out the 120 s grace"
+    );
+    while let Ok(line) = err.try_recv() {
+        seen.push(line);
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("second stop signal")),
+        "{}",
+        seen.join("\n")
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the cut request's connection closed"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
