@@ -3,8 +3,9 @@
 //! can be told to wait before reading (a slow backend).
 //!
 //! ```text
-//! cargo run --release --example bench_upstream -- [--listen 127.0.0.1:0] [--read-delay 3s]
+//! cargo run --release --example bench_upstream -- [--listen 127.0.0.1:0] [--read-delay 3s] [--response-bytes N]
 //! ```
+//! With `--response-bytes`, the answer is N bytes of `x` (streamed in 64 KiB chunks).
 //! Prints `listening on http://ADDR` on stdout once bound.
 
 use std::convert::Infallible;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -35,6 +37,9 @@ async fn main() {
     let delay = arg(&args, "--read-delay")
         .map(|d| humantime::parse_duration(&d).expect("--read-delay DURATION"))
         .unwrap_or(Duration::ZERO);
+    let response_bytes: usize = arg(&args, "--response-bytes")
+        .map(|n| n.parse().expect("--response-bytes N"))
+        .unwrap_or(0);
     let listener = TcpListener::bind(listen).await.expect("bind");
     println!("listening on http://{}", listener.local_addr().unwrap());
     loop {
@@ -50,8 +55,15 @@ async fn main() {
                     Ok(b) => b.to_bytes().len(),
                     Err(_) => 0,
                 };
+                if response_bytes > 0 {
+                    let body = Repeat {
+                        left: response_bytes,
+                        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+                    };
+                    return Ok::<_, Infallible>(Response::new(body.boxed_unsync()));
+                }
                 let body = format!("{{\"ok\":true,\"bytes\":{len}}}");
-                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
                 resp.headers_mut()
                     .insert("content-type", "application/json".parse().unwrap());
                 Ok::<_, Infallible>(resp)
@@ -60,5 +72,24 @@ async fn main() {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// `left` bytes of `x`, a chunk at a time, as fast as they are taken.
+struct Repeat {
+    left: usize,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let n = self.chunk.len().min(self.left);
+        self.left -= n;
+        std::task::Poll::Ready((n > 0).then(|| Ok(Frame::data(self.chunk.slice(..n)))))
     }
 }

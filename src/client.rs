@@ -25,6 +25,10 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 /// a request on a connection the gateway is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// What one upstream connection reads ahead of a client that is slow to
+/// take it (hyper's default is about 400 KiB): memory per streaming response.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// TCP connect attempts give up after this long (the request `timeout`
 /// still bounds the whole exchange).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +63,7 @@ pub fn build(tls: &UpstreamTls) -> Result<HttpClient, String> {
         .enable_http1()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(https))

@@ -43,3 +43,19 @@ fn every_example_config_is_valid() {
     }
     assert!(checked >= 3, "found only {checked} example configs");
 }
+
+#[test]
+fn the_reference_config_shows_every_server_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/modelarts-proxy.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for key in config::server::KEYS {
+        let shown = text.lines().any(|l| {
+            l.trim_start_matches(['#', ' '])
+                .starts_with(&format!("{key} ="))
+        });
+        assert!(
+            shown,
+            "config/modelarts-proxy.toml does not show server.{key}"
+        );
+    }
+}

@@ -44,7 +44,7 @@ pub const DEFAULT_BUFFER_WAIT: Duration = Duration::from_secs(5);
 /// set at twice this.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// The keys of `[server]`.
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "listen",
     "admin_listen",
     "allow_remote",
