@@ -397,6 +397,11 @@ async fn too_many_header_lines_get_hypers_431_and_nothing_goes_upstream() {
     )
     .await;
     seen.assert_nothing();
+    // hyper answered itself; the proxy still counts it.
+    eventually("counted as header_too_large", || {
+        proxy.metric("modelarts_proxy_connections_closed_total{reason=\"header_too_large\"}") == 1.0
+    })
+    .await;
 }
 
 // 6.
@@ -500,6 +505,11 @@ async fn an_obs_folded_header_is_400_and_nothing_goes_upstream() {
     .await;
     assert_bare(&mut conn, &reply, "HTTP/1.1 400 Bad Request").await;
     seen.assert_nothing();
+    // hyper answered itself; the proxy still counts it.
+    eventually("counted as bad_request", || {
+        proxy.metric("modelarts_proxy_connections_closed_total{reason=\"bad_request\"}") == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]

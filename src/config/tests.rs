@@ -373,3 +373,130 @@ fn route_header_names_with_underscores_warn_that_they_are_not_signed() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn the_bounds_of_section_8_parse_with_their_defaults() {
+    let v = load(
+        &format!(
+            r#"
+[server]
+max_connections = 100
+header_timeout = "5s"
+idle_timeout = "2m"
+buffer_budget = "16MiB"
+buffer_wait = "0s"
+allow_clients = ["10.0.0.0/8", "192.168.1.7", "::1/128"]
+require_header = {{ name = "X-Proxy-Key", value = {{ env = "SK" }} }}
+shutdown_delay = "3s"
+max_header_bytes = "8KiB"
+{MINIMAL}"#
+        ),
+        &env(),
+    )
+    .unwrap();
+    let s = v.config.server;
+    assert_eq!(s.max_connections, 100);
+    assert_eq!(s.header_timeout, Duration::from_secs(5));
+    assert_eq!(s.idle_timeout, Duration::from_secs(120));
+    assert_eq!(s.buffer_budget, 16 * 1024 * 1024);
+    assert_eq!(s.buffer_wait, Duration::ZERO);
+    assert_eq!(s.shutdown_delay, Duration::from_secs(3));
+    assert_eq!(s.max_header_bytes, 8 * 1024);
+    assert!(s.client_allowed("10.9.8.7".parse().unwrap()));
+    assert!(s.client_allowed("192.168.1.7".parse().unwrap()));
+    assert!(!s.client_allowed("192.168.1.8".parse().unwrap()));
+    let rh = s.require_header.unwrap();
+    assert_eq!(
+        (rh.name.as_str(), rh.value.expose()),
+        ("x-proxy-key", "sk-secret-value")
+    );
+    // And the documented defaults.
+    let d = Server::default();
+    assert_eq!(
+        (
+            d.max_connections,
+            d.header_timeout,
+            d.idle_timeout,
+            d.buffer_budget,
+            d.buffer_wait
+        ),
+        (
+            4096,
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            64 << 20,
+            Duration::from_secs(5)
+        )
+    );
+    assert_eq!(
+        (d.shutdown_delay, d.max_header_bytes),
+        (Duration::ZERO, 32 * 1024)
+    );
+    assert!(d.allow_clients.is_none() && d.require_header.is_none());
+}
+
+#[test]
+fn bad_bounds_are_all_reported_with_their_key_paths() {
+    let errs = errors(&format!(
+        r#"
+[server]
+max_connections = 0
+header_timeout = "0s"
+buffer_budget = "lots"
+allow_clients = ["10.0.0.0/33", "not-an-ip", 7]
+require_header = {{ name = "Host", value = {{ env = "NOPE" }} }}
+shutdown_delay = "soon"
+max_header_bytes = "1KiB"
+{MINIMAL}"#
+    ));
+    let paths: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+    for want in [
+        "server.max_connections",
+        "server.header_timeout",
+        "server.buffer_budget",
+        "server.allow_clients[0]",
+        "server.allow_clients[1]",
+        "server.allow_clients[2]",
+        "server.require_header.name",
+        "server.require_header.value",
+        "server.shutdown_delay",
+        "server.max_header_bytes",
+    ] {
+        assert!(paths.contains(&want), "no error at {want}: {errs:#?}");
+    }
+    assert!(
+        errors(&format!("[server]\nallow_clients = []\n{MINIMAL}"))[0]
+            .starts_with("server.allow_clients: is empty")
+    );
+}
+
+#[test]
+fn a_remote_listener_without_allow_clients_or_require_header_is_warned_about() {
+    let warn = |server: &str| -> Vec<String> {
+        load(&format!("[server]\n{server}\n{MINIMAL}"), &env())
+            .unwrap()
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let open = warn("listen = \"0.0.0.0:8080\"\nallow_remote = true");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(
+        open[0].starts_with("server.allow_remote: is true with neither"),
+        "{open:?}"
+    );
+    assert!(
+        warn("listen = \"0.0.0.0:8080\"\nallow_remote = true\nallow_clients = [\"10.0.0.0/8\"]")
+            .is_empty()
+    );
+    assert!(
+        warn("listen = \"0.0.0.0:8080\"\nallow_remote = true\nrequire_header = { name = \"X-K\", value = { env = \"SK\" } }")
+            .is_empty()
+    );
+    let small = warn("buffer_budget = \"1MiB\"");
+    assert!(
+        small[0].starts_with("server.buffer_budget: is smaller than max_body"),
+        "{small:?}"
+    );
+}
