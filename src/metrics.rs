@@ -100,6 +100,21 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// Registers each metric as it is made.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn add<M: prometheus_client::registry::Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -108,137 +123,103 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("modelarts_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by route and status",
-            requests.clone(),
-        );
-        let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "proxy_errors",
-            "Responses made by the proxy itself, by route and error code",
-            errors.clone(),
-        );
-        let upstream_latency =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
-        registry.register(
-            "upstream_response_seconds",
-            "Time from receiving a request to the upstream's response head",
-            upstream_latency.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "requests_in_flight",
-            "Requests being proxied now, until their response body ends",
-            in_flight.clone(),
-        );
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Configuration reloads, by result",
-            reloads.clone(),
-        );
-        let credential_refreshes = Family::<CredentialResultLabels, Counter>::default();
-        registry.register(
-            "credential_refreshes",
-            "Fetches of expiring credentials (IAM tokens, ECS temporary keys), by result",
-            credential_refreshes.clone(),
-        );
-        let credential_expiry = Family::<CredentialLabels, Gauge>::default();
-        registry.register(
-            "credential_expiry_timestamp_seconds",
-            "When the current expiring credential expires (Unix time)",
-            credential_expiry.clone(),
-        );
-        let credential_replays = Family::<CredentialLabels, Counter>::default();
-        registry.register(
-            "credential_replays",
-            "Requests replayed once with a renewed token after the upstream answered 401",
-            credential_replays.clone(),
-        );
-        let request_duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
-        registry.register(
-            "request_duration_seconds",
-            "Time from receiving a request to the end of its response body",
-            request_duration.clone(),
-        );
-        let request_bytes = Family::<RouteLabels, Counter>::default();
-        registry.register(
-            "request_bytes",
-            "Request body bytes received from clients",
-            request_bytes.clone(),
-        );
-        let response_bytes = Family::<RouteLabels, Counter>::default();
-        registry.register(
-            "response_bytes",
-            "Response body bytes sent to clients",
-            response_bytes.clone(),
-        );
-        let stream_failures = Family::<CauseLabels, Counter>::default();
-        registry.register(
-            "stream_failures",
-            "Response bodies that did not end normally, by cause (idle_timeout, upstream_reset, client_aborted)",
-            stream_failures.clone(),
-        );
-        let connections_open = Gauge::default();
-        registry.register(
-            "connections_open",
-            "Client connections open now, all listeners together",
-            connections_open.clone(),
-        );
-        let connections_closed = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "connections_closed",
-            "Client connections closed, by reason (client, header_timeout, idle, pressure, drain, bad_request, header_too_large, io_error)",
-            connections_closed.clone(),
-        );
-        let accept_errors = Counter::default();
-        registry.register(
-            "accept_errors",
-            "Failed accepts on the client listeners (such as EMFILE)",
-            accept_errors.clone(),
-        );
-        let buffered_bytes = Gauge::default();
-        registry.register(
-            "buffered_bytes",
-            "Request-body bytes held in memory now (the buffer budget in use)",
-            buffered_bytes.clone(),
-        );
-        let buffer_budget = Gauge::default();
-        registry.register(
-            "buffer_budget_bytes",
-            "The buffer budget (server.buffer_budget)",
-            buffer_budget.clone(),
-        );
-        let max_connections = Gauge::default();
-        registry.register(
-            "max_connections",
-            "Client connections allowed at once (server.max_connections, after fitting the open-file limit)",
-            max_connections.clone(),
-        );
+        let mut r = Registrar(Registry::with_prefix("modelarts_proxy"));
+        let metrics = Metrics {
+            requests: r.add(
+                "requests",
+                "Requests answered, by route and status",
+                Family::default(),
+            ),
+            errors: r.add(
+                "proxy_errors",
+                "Responses made by the proxy itself, by route and error code",
+                Family::default(),
+            ),
+            upstream_latency: r.add(
+                "upstream_response_seconds",
+                "Time from receiving a request to the upstream response head",
+                Family::new_with_constructor(latency_buckets as fn() -> _),
+            ),
+            in_flight: r.add(
+                "requests_in_flight",
+                "Requests being proxied now, until their response body ends",
+                Gauge::default(),
+            ),
+            reloads: r.add(
+                "config_reloads",
+                "Configuration reloads, by result",
+                Family::default(),
+            ),
+            credential_refreshes: r.add(
+                "credential_refreshes",
+                "Fetches of IAM tokens and ECS temporary keys, by result",
+                Family::default(),
+            ),
+            credential_expiry: r.add(
+                "credential_expiry_timestamp_seconds",
+                "When the current expiring credential expires (Unix time)",
+                Family::default(),
+            ),
+            credential_replays: r.add(
+                "credential_replays",
+                "Requests replayed once with a renewed token after a 401",
+                Family::default(),
+            ),
+            request_duration: r.add(
+                "request_duration_seconds",
+                "Time from receiving a request to the end of its response body",
+                Family::new_with_constructor(latency_buckets as fn() -> _),
+            ),
+            request_bytes: r.add(
+                "request_bytes",
+                "Request body bytes received from clients",
+                Family::default(),
+            ),
+            response_bytes: r.add(
+                "response_bytes",
+                "Response body bytes sent to clients",
+                Family::default(),
+            ),
+            stream_failures: r.add(
+                "stream_failures",
+                "Response bodies that did not end normally, by cause",
+                Family::default(),
+            ),
+            connections_open: r.add(
+                "connections_open",
+                "Client connections open now, all listeners together",
+                Gauge::default(),
+            ),
+            connections_closed: r.add(
+                "connections_closed",
+                "Client connections closed, by reason",
+                Family::default(),
+            ),
+            accept_errors: r.add(
+                "accept_errors",
+                "Failed accepts on the client listeners (such as EMFILE)",
+                Counter::default(),
+            ),
+            buffered_bytes: r.add(
+                "buffered_bytes",
+                "Request-body bytes held in memory now (buffer budget in use)",
+                Gauge::default(),
+            ),
+            buffer_budget: r.add(
+                "buffer_budget_bytes",
+                "The buffer budget (server.buffer_budget)",
+                Gauge::default(),
+            ),
+            max_connections: r.add(
+                "max_connections",
+                "Client connections allowed at once, after fitting the open-file limit",
+                Gauge::default(),
+            ),
+            registry: Registry::default(),
+        };
         Metrics {
-            registry,
-            request_duration,
-            request_bytes,
-            response_bytes,
-            stream_failures,
-            connections_open,
-            connections_closed,
-            accept_errors,
-            buffered_bytes,
-            buffer_budget,
-            max_connections,
-            requests,
-            errors,
-            upstream_latency,
-            in_flight,
-            reloads,
-            credential_refreshes,
-            credential_expiry,
-            credential_replays,
+            registry: r.0,
+            ..metrics
         }
     }
 

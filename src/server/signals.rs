@@ -39,18 +39,27 @@ impl Signals for mpsc::Receiver<()> {
     }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C).
+/// SIGTERM and SIGINT (Ctrl-C). Both are registered when this is made, so
+/// a signal that arrives between two [`Signals::next`] calls is not lost.
 pub struct OsSignals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl OsSignals {
     pub fn new() -> Self {
-        OsSignals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            OsSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        OsSignals {}
     }
 }
 
@@ -60,22 +69,22 @@ impl Default for OsSignals {
     }
 }
 
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Signals for OsSignals {
     async fn next(&mut self) {
         #[cfg(unix)]
-        {
-            let term = async {
-                match &mut self.term {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                () = term => tracing::info!("SIGTERM received"),
-            }
+        tokio::select! {
+            () = recv(&mut self.int) => tracing::info!("SIGINT received"),
+            () = recv(&mut self.term) => tracing::info!("SIGTERM received"),
         }
         #[cfg(not(unix))]
         {
