@@ -31,16 +31,12 @@ while getopts "n:t:l:b:h" opt; do
     esac
 done
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 "$UPSTREAM_BIN" >"$work/upstream.out" &
 pids+=($!)
-for _ in $(seq 1 100); do grep -qs listening "$work/upstream.out" && break; sleep 0.05; done
-upstream=$(sed -n 's/^listening on //p' "$work/upstream.out")
+upstream=$(listening_url "$work/upstream.out")
 port=$(free_port)
 bash -c "ulimit -n $LIMIT; exec \"$BIN\" run --auth none --upstream \"$upstream/\" --listen 127.0.0.1:$port" \
     2>"$work/proxy.log" &

@@ -39,12 +39,8 @@ done
 [ -x "$BIN" ] || { echo "no proxy binary at $BIN (cargo build --release)" >&2; exit 1; }
 [ -x "$UPSTREAM_BIN" ] || { echo "no $UPSTREAM_BIN (cargo build --release --examples)" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 wait_for() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
@@ -52,8 +48,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 
 "$UPSTREAM_BIN" --read-delay "$DELAY" >"$work/upstream.out" &
 pids+=($!)
-for _ in $(seq 1 100); do grep -qs listening "$work/upstream.out" && break; sleep 0.05; done
-upstream=$(sed -n 's/^listening on //p' "$work/upstream.out")
+upstream=$(listening_url "$work/upstream.out")
 
 port=$(free_port)
 admin=$(free_port)

@@ -43,17 +43,13 @@ for b in "$BIN" "$STAND_IN"; do
     [ -x "$b" ] || { echo "missing $b (cargo build --release && cargo build --release --examples)" >&2; exit 1; }
 done
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 export STAND_IN_AK=AKSOAKTEST0000000001 STAND_IN_SK=sk-soak-secret STAND_IN_PASSWORD=pw-soak
 
 "$STAND_IN" >"$work/stand_in.out" 2>"$work/stand_in.log" &
 pids+=($!)
-for _ in $(seq 1 100); do grep -qs listening "$work/stand_in.out" && break; sleep 0.05; done
-gw=$(sed -n 's/^listening on //p' "$work/stand_in.out")
+gw=$(listening_url "$work/stand_in.out")
 [ -n "$gw" ] || { echo "the stand-in did not start" >&2; exit 1; }
 
 port=$(free_port)

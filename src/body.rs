@@ -32,6 +32,47 @@ pub struct BodyIdle {
     pub after: Duration,
 }
 
+/// An idle timer for a body: it runs only while the body is waiting, and
+/// every frame resets it (one `Sleep`, reset rather than reallocated).
+pub struct IdleTimer {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    pub fn new(after: Duration) -> Self {
+        IdleTimer {
+            after,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// The body is waiting: starts the timer if a frame came since it last
+    /// ran, and says whether `after` has passed with no frame.
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// A frame arrived.
+    pub fn reset(&mut self) {
+        self.armed = false;
+    }
+
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
 /// What the request path can learn about a body while something else reads it.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -68,10 +109,7 @@ pub struct RequestBody {
     inner: ProxyBody,
     remaining: u64,
     limit: u64,
-    idle: Duration,
-    /// Armed while waiting on the client; reset, not reallocated.
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    idle: IdleTimer,
     progress: Arc<Progress>,
 }
 
@@ -81,9 +119,7 @@ impl RequestBody {
             inner,
             remaining: limit,
             limit,
-            idle,
-            timer: None,
-            armed: false,
+            idle: IdleTimer::new(idle),
             progress: Arc::default(),
         }
     }
@@ -98,19 +134,6 @@ impl RequestBody {
 
     pub fn boxed(self) -> ProxyBody {
         BodyExt::boxed_unsync(self)
-    }
-
-    /// Starts (or keeps) the idle timer; true once it has run out.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.idle;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            timer.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -128,14 +151,15 @@ impl Body for RequestBody {
                 this.progress
                     .waiting_on_client
                     .store(true, Ordering::Release);
-                if this.idle_expired(cx) {
+                if this.idle.expired(cx) {
                     this.progress.done.store(true, Ordering::Release);
-                    return Poll::Ready(Some(Err(Box::new(BodyIdle { after: this.idle }))));
+                    let after = this.idle.after();
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle { after }))));
                 }
                 Poll::Pending
             }
             Poll::Ready(frame) => {
-                this.armed = false;
+                this.idle.reset();
                 let progress = &this.progress;
                 progress.waiting_on_client.store(false, Ordering::Release);
                 match frame {

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::connection::Connection;
-use crate::body::Progress;
+use crate::body::{IdleTimer, Progress};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::metrics::{Done, Metrics};
 
@@ -122,9 +122,7 @@ impl Exchange {
         let (parts, body) = response.into_parts();
         let body = ResponseBody {
             inner: body,
-            idle,
-            timer: None,
-            armed: false,
+            idle: IdleTimer::new(idle),
             exchange: self,
         };
         Response::from_parts(parts, BodyExt::boxed_unsync(body))
@@ -177,24 +175,8 @@ impl Drop for Exchange {
 /// finishes its [`Exchange`] when it ends.
 struct ResponseBody {
     inner: ProxyBody,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    idle: IdleTimer,
     exchange: Exchange,
-}
-
-impl ResponseBody {
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.idle;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            timer.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        timer.as_mut().poll(cx).is_ready()
-    }
 }
 
 impl Body for ResponseBody {
@@ -208,16 +190,18 @@ impl Body for ResponseBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                if !this.idle_expired(cx) {
+                if !this.idle.expired(cx) {
                     return Poll::Pending;
                 }
-                let err = ResponseIdle { after: this.idle };
+                let err = ResponseIdle {
+                    after: this.idle.after(),
+                };
                 tracing::warn!(route = %this.exchange.route, path = %this.exchange.path, "{err}; the stream is cut");
                 this.exchange.finish(Outcome::IdleTimeout);
                 Poll::Ready(Some(Err(Box::new(err))))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
+                this.idle.reset();
                 if let Some(data) = frame.data_ref() {
                     this.exchange.bytes_out += data.len() as u64;
                 }
