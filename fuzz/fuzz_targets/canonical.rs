@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
     canonical_query_into(query, &mut q);
     let mut again = String::new();
     canonical_query_into(&q, &mut again);
-    assert_eq!(q, again, "the canonical query of {query:?} is not canonical");
+    assert_eq!(
+        q, again,
+        "the canonical query of {query:?} is not canonical"
+    );
 
     let trimmed = trim_header_value(value);
     assert_eq!(trim_header_value(trimmed), trimmed);

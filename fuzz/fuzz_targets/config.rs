@@ -31,7 +31,12 @@ fuzz_target!(|data: &[u8]| {
     };
     match config::load(text, &AnyEnv) {
         Ok(v) => {
-            let lens: Vec<usize> = v.config.routes.iter().map(|r| r.match_prefix.len()).collect();
+            let lens: Vec<usize> = v
+                .config
+                .routes
+                .iter()
+                .map(|r| r.match_prefix.len())
+                .collect();
             assert!(lens.windows(2).all(|w| w[0] >= w[1]), "{lens:?}");
             assert!(!v.config.routes.is_empty());
         }

@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = req.uri().path().to_owned();
-    assert_eq!(has_dot_segment(&path), reference_dot_segment(&path), "{path:?}");
+    assert_eq!(
+        has_dot_segment(&path),
+        reference_dot_segment(&path),
+        "{path:?}"
+    );
     let strict = Server::default();
     if check_head(&req, &strict).is_ok() {
         assert!(!reference_dot_segment(&path), "accepted {path:?}");

@@ -160,6 +160,12 @@ pub fn reload(shared: &Shared, path: &Path) -> bool {
                     "reload: listen addresses change only on restart; keeping the current ones"
                 );
             }
+            if old.config.server.max_connections != state.config.server.max_connections {
+                tracing::warn!(
+                    "reload: server.max_connections changes only on restart; keeping {}",
+                    old.config.server.max_connections
+                );
+            }
             shared.state.store(Arc::new(state));
             tracing::info!("reloaded {}", path.display());
             "ok"
