@@ -154,8 +154,12 @@ fn ended(
         Some(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => "client",
         _ => "io_error",
     };
-    // hyper has already answered a malformed request (400 / 431) itself.
-    tracing::debug!(%peer, reason, "client connection ended: {e}");
+    if matches!(reason, "bad_request" | "header_too_large") {
+        // hyper has already answered the malformed request (400 / 431) itself.
+        tracing::info!(%peer, reason, "malformed request refused by the HTTP parser: {e}");
+    } else {
+        tracing::debug!(%peer, reason, "client connection ended: {e}");
+    }
     reason
 }
 
