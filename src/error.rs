@@ -100,10 +100,10 @@ impl ProxyError {
         }
     }
 
-    /// The response the client sees.
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    /// The response the client sees: `{"error":{"code","message","request_id"}}`.
+    pub fn to_response(&self, request_id: &str) -> Response<ProxyBody> {
         let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.to_string() }
+            "error": { "code": self.code(), "message": self.to_string(), "request_id": request_id }
         });
         let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
@@ -190,13 +190,14 @@ mod tests {
             limit: 12 * 1024 * 1024,
             key: "max_body",
         };
-        let resp = err.to_response();
+        let resp = err.to_response("0123abcd");
         assert_eq!(resp.status(), 413);
         assert_eq!(resp.headers()[ERROR_HEADER], "body_too_large");
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "body_too_large");
+        assert_eq!(v["error"]["request_id"], "0123abcd");
         assert_eq!(
             v["error"]["message"],
             "request body is larger than max_body (12.0 MiB); Huawei API Gateway rejects bodies over 12 MB"

@@ -24,6 +24,7 @@ pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod request_id;
 pub mod secret;
 pub mod server;
 pub mod signer;

@@ -25,6 +25,7 @@ use crate::body::{Progress, RequestBody};
 use crate::config::{Route, Server};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::headers::{self, CLIENT_CREDENTIAL_HEADERS, HOP_BY_HOP};
+use crate::request_id;
 use crate::route::{match_route, upstream_path_and_query};
 use crate::state::{Shared, State};
 pub use connection::Connection;
@@ -47,6 +48,7 @@ where
         conn.clone(),
         req.method(),
         req.uri().path(),
+        request_id::for_request(req.headers()),
     );
     let result = stack(&state, conn, req, &mut exchange).await;
     exchange.respond(result, state.config.server.idle_timeout)
@@ -75,7 +77,11 @@ where
     let (parts, body, content_length) = admit(req, route, server)?;
     exchange.set_request_body(body.progress());
     // The upstream URL and the headers to forward (hop-by-hop, client credentials and the shared secret out).
-    let outgoing = rewrite(&parts, route, &rest, content_length, server)?;
+    let mut outgoing = rewrite(&parts, route, &rest, content_length, server)?;
+    // The request id goes upstream (not signed: a gateway may replace it).
+    outgoing
+        .headers
+        .insert(request_id::X_REQUEST_ID, exchange.request_id().clone());
     // Credentials, the send and 401 recovery, within the gateway's deadline until the response head.
     let response = forward(state, route, outgoing, body).await?;
     // The response streams back without its hop-by-hop headers (its idle timer is set by `respond`).

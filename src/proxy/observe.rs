@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Response};
+use http::{HeaderValue, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -17,6 +17,7 @@ use super::connection::Connection;
 use crate::body::{IdleTimer, Progress};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::metrics::{Done, Metrics};
+use crate::request_id::X_REQUEST_ID;
 
 /// How a response body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct Exchange {
     head_after: Duration,
     request_body: Option<Arc<Progress>>,
     bytes_out: u64,
+    request_id: HeaderValue,
+    /// The upstream's own id (APIG's `X-Request-Id`), when it sent one.
+    upstream_request_id: Option<HeaderValue>,
     finished: bool,
 }
 
@@ -71,6 +75,7 @@ impl Exchange {
         conn: Arc<Connection>,
         method: &Method,
         path: &str,
+        request_id: HeaderValue,
     ) -> Self {
         metrics.in_flight.inc();
         conn.request_started();
@@ -86,8 +91,15 @@ impl Exchange {
             head_after: Duration::ZERO,
             request_body: None,
             bytes_out: 0,
+            request_id,
+            upstream_request_id: None,
             finished: false,
         }
+    }
+
+    /// This request's id (the client's, or a new one).
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
     }
 
     pub fn set_route(&mut self, prefix: &str) {
@@ -106,18 +118,29 @@ impl Exchange {
         idle: Duration,
     ) -> Response<ProxyBody> {
         self.head_after = self.started.elapsed();
-        let response = match result {
+        let mut response = match result {
             Ok(response) => {
                 self.metrics.upstream_head(&self.route, self.head_after);
                 response
             }
             Err(err) => {
-                tracing::warn!(route = %self.route, method = %self.method, path = %self.path, code = err.code(), "{err}");
+                let id = self.request_id.to_str().unwrap_or_default();
+                tracing::warn!(route = %self.route, method = %self.method, path = %self.path, code = err.code(), request_id = id, "{err}");
                 self.metrics.proxy_error(&self.route, err.code());
                 self.error = Some(err.code());
-                err.to_response()
+                err.to_response(id)
             }
         };
+        // The upstream's own id (APIG sends one) goes back as it is and is
+        // logged beside ours; otherwise the client gets ours.
+        match response.headers().get(&X_REQUEST_ID) {
+            Some(theirs) => self.upstream_request_id = Some(theirs.clone()),
+            None => {
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID, self.request_id.clone());
+            }
+        }
         self.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         let body = ResponseBody {
@@ -146,8 +169,11 @@ impl Exchange {
         });
         self.conn.request_finished();
         let peer = self.conn.peer().map(|p| p.to_string());
+        let upstream_id = self.upstream_request_id.as_ref().and_then(|v| v.to_str().ok());
         tracing::info!(
             target: "modelarts_proxy::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            upstream_request_id = upstream_id.unwrap_or(""),
             method = %self.method,
             path = %self.path,
             route = %self.route,

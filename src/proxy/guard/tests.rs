@@ -59,7 +59,7 @@ fn paths_that_only_look_like_dots_pass() {
 #[test]
 fn trace_is_405_and_connect_is_403() {
     assert_eq!(head("TRACE", "/", &[]), "method_not_allowed");
-    let resp = ProxyError::MethodNotAllowed("TRACE".into()).to_response();
+    let resp = ProxyError::MethodNotAllowed("TRACE".into()).to_response("id");
     assert_eq!(resp.status(), 405);
     assert!(
         !resp.headers()[header::ALLOW]
