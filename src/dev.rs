@@ -40,6 +40,11 @@ use crate::signer::verify::{constant_time_eq, parse_authorization, verify};
 /// The gateway rejects an `X-Sdk-Date` more than 15 minutes from its clock.
 pub const DATE_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
 
+/// APIG locks an AK after this many failed signature checks in a row…
+pub const AK_LOCK_AFTER: u32 = 5;
+/// …for this long, for every application that uses it.
+pub const AK_LOCK_FOR: chrono::Duration = chrono::Duration::minutes(5);
+
 /// IAM's token endpoint.
 pub const IAM_TOKENS_PATH: &str = "/v3/auth/tokens";
 
@@ -103,6 +108,8 @@ pub struct StandInStats {
     tokens: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Temporary credentials: access key → (credentials, expiry).
     temporary: Mutex<HashMap<String, (AkSk, DateTime<Utc>)>>,
+    /// Failed signature checks in a row, and the lock they caused, per access key.
+    signature_failures: Mutex<HashMap<String, Failures>>,
 }
 
 impl StandInStats {
@@ -115,6 +122,15 @@ impl StandInStats {
     /// Forgets every temporary credential (as if the agency were removed).
     pub fn revoke_all_credentials(&self) {
         lock(&self.temporary).clear();
+    }
+
+    /// Failed signature checks in a row for `access_key`, and whether it is locked now.
+    pub fn signature_failures(&self, access_key: &str) -> (u32, bool) {
+        let failures = lock(&self.signature_failures);
+        match failures.get(access_key) {
+            Some((n, until)) => (*n, until.is_some_and(|u| u > Utc::now())),
+            None => (0, false),
+        }
     }
 
     /// How many tokens IAM has issued.
@@ -142,6 +158,9 @@ impl std::fmt::Debug for StandInStats {
             .finish()
     }
 }
+
+/// Failed signature checks in a row, and until when they locked the AK.
+type Failures = (u32, Option<DateTime<Utc>>);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -445,9 +464,9 @@ impl StandIn {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_authorization(v).ok())
             .map(|a| a.access.to_owned());
-        if let Some(access) = access
-            && !self.keys.contains_key(&access)
-            && let Some((_, expires_at)) = lock(&self.stats.temporary).get(&access)
+        if let Some(access) = &access
+            && !self.keys.contains_key(access)
+            && let Some((_, expires_at)) = lock(&self.stats.temporary).get(access)
             && now >= *expires_at
         {
             return Err(refuse(format!(
@@ -461,7 +480,16 @@ impl StandIn {
                 .cloned()
                 .or_else(|| lock(&self.stats.temporary).get(ak).map(|(k, _)| k.clone()))
         };
-        verify(
+        // A locked AK is refused whatever it sends, as the gateway does.
+        if let Some(access) = &access
+            && let Some((_, Some(until))) = lock(&self.stats.signature_failures).get(access)
+            && *until > now
+        {
+            return Err(refuse(
+                "AK access failed to reach the limit,forbidden.".to_owned(),
+            ));
+        }
+        let verdict = verify(
             &parts.method,
             &parts.uri,
             &parts.headers,
@@ -469,9 +497,25 @@ impl StandIn {
             lookup,
             now,
             DATE_WINDOW,
-        )
-        .map(|_| ())
-        .map_err(|e| refuse(e.to_string()))
+        );
+        if let Some(access) = &access {
+            self.count_signature(access, verdict.is_ok(), now);
+        }
+        verdict.map(|_| ()).map_err(|e| refuse(apig_message(&e)))
+    }
+
+    /// Counts failed signature checks in a row per AK; the fifth locks it.
+    fn count_signature(&self, access: &str, ok: bool, now: DateTime<Utc>) {
+        let mut failures = lock(&self.stats.signature_failures);
+        let entry = failures.entry(access.to_owned()).or_insert((0, None));
+        if ok {
+            *entry = (0, None);
+        } else {
+            entry.0 += 1;
+            if entry.0 >= AK_LOCK_AFTER {
+                entry.1 = Some(now + AK_LOCK_FOR);
+            }
+        }
     }
 
     fn check_token(&self, token: &HeaderValue, now: DateTime<Utc>) -> Result<(), Refusal> {
@@ -586,6 +630,23 @@ impl PasswordAuth {
 }
 
 /// IAM's error body: `{"error":{"code","message","title"}}`.
+/// A signature verdict in API Gateway's words (its IAM-authentication
+/// error texts, as Huawei documents them).
+fn apig_message(e: &crate::signer::verify::VerifyError) -> String {
+    use crate::signer::verify::VerifyError as V;
+    match e {
+        V::SignatureMismatch {
+            canonical_request, ..
+        } => format!(
+            "verify aksk signature fail,canonicalRequest:{}",
+            canonical_request.replace('\n', "|")
+        ),
+        V::UnknownAccessKey(ak) => format!("Get secretKey failed,ak:{ak},err:ak not exist"),
+        V::DateOutOfWindow { .. } => "calc ak sk signature fail:signature expired".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 fn iam_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     json(
         status,

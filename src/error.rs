@@ -42,6 +42,15 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("{0}")]
     CredentialsUnavailable(String),
+    #[error(
+        "requests with [credentials.{credentials}] are held back{}: the gateway rejected its signature 3 times in a row, and API Gateway locks an AK for 5 minutes after 5; fix the key (a reload or a change of its files resumes at once). The gateway said: {last}",
+        held_for(*remaining)
+    )]
+    CredentialsRejected {
+        credentials: String,
+        remaining: Duration,
+        last: String,
+    },
     #[error("no route for {path}; configured prefixes: {prefixes}")]
     NoRoute { path: String, prefixes: String },
     #[error("{0}")]
@@ -71,6 +80,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::CredentialsUnavailable(_) => "credentials_unavailable",
+            ProxyError::CredentialsRejected { .. } => "credentials_rejected",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::ForbiddenClient(_) => "forbidden_client",
             ProxyError::BadRequest(_) => "bad_request",
@@ -89,6 +99,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::CredentialsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CredentialsRejected { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::ForbiddenClient(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -126,6 +137,11 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
             }
+            // The cool-down's end, or a probe's turn (when one is out now).
+            ProxyError::CredentialsRejected { remaining, .. } => {
+                let secs = remaining.as_secs().max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             _ => {}
         }
         resp
@@ -139,6 +155,17 @@ const OVERLOADED_RETRY_AFTER: &str = "2";
 /// The `Allow` header of a 405: every method but TRACE (and CONNECT,
 /// which is refused earlier as a forward-proxy request).
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+fn held_for(remaining: Duration) -> String {
+    if remaining.is_zero() {
+        " while a probe request is out".to_owned()
+    } else {
+        format!(
+            " for {}",
+            humantime::format_duration(Duration::from_secs(remaining.as_secs().max(1)))
+        )
+    }
+}
 
 fn overloaded_message(wanted: u64, budget: u64, never_fits: bool) -> String {
     let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();

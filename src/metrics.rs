@@ -2,6 +2,7 @@
 //! carry route prefixes, status codes and error codes only: never a header,
 //! a query or a credential.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -56,6 +57,24 @@ pub struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// An APIG error code such as `APIG.0301`.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub credentials: String,
+    /// `open` or `closed`.
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// Why a client connection was closed (see [`Metrics::connection_closed`]).
     pub reason: &'static str,
@@ -93,6 +112,11 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     pub buffer_budget: Gauge,
     pub max_connections: Gauge,
+    pub clock_skew: Gauge<f64, AtomicU64>,
+    pub gateway_errors: Family<CodeLabels, Counter>,
+    pub breaker_open: Family<CredentialLabels, Gauge>,
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 /// 5 ms .. ~41 s: predictions range from milliseconds to the gateway's 40 s cut.
@@ -215,8 +239,39 @@ impl Metrics {
                 "Client connections allowed at once, after fitting the open-file limit",
                 Gauge::default(),
             ),
+            clock_skew: r.add(
+                "clock_skew_seconds",
+                "The gateway's clock minus this machine's, as last measured",
+                Gauge::default(),
+            ),
+            gateway_errors: r.add(
+                "gateway_errors",
+                "APIG error answers passed through, by APIG error code",
+                Family::default(),
+            ),
+            breaker_open: r.add(
+                "breaker_open",
+                "1 while a credential's signature breaker is open (its requests paused)",
+                Family::default(),
+            ),
+            breaker_transitions: r.add(
+                "breaker_transitions",
+                "Signature breaker openings and closings, by credential",
+                Family::default(),
+            ),
+            build_info: r.add(
+                "build_info",
+                "Always 1; the version label says which build this is",
+                Family::default(),
+            ),
             registry: Registry::default(),
         };
+        metrics
+            .build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         Metrics {
             registry: r.0,
             ..metrics
@@ -270,6 +325,15 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// An APIG error answer passed through.
+    pub fn gateway_error(&self, code: &str) {
+        self.gateway_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            })
+            .inc();
     }
 
     /// A client connection closed for `reason`.

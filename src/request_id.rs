@@ -53,7 +53,7 @@ mod tests {
             for_request(&h)
         };
         assert_eq!(with(b"req-123_abc"), "req-123_abc");
-        let long = vec![b'a'; 129];
+        let long = [b'a'; 129];
         for bad in [&b"has space"[..], &long[..], b"\xe4\xb8\xad"] {
             let id = with(bad);
             assert_ne!(id.as_bytes(), bad);

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::auth::{self, Provider};
 use crate::budget::Budget;
 use crate::client::HttpClient;
-use crate::clock::{self, Clock};
+use crate::clock::{self, Clock, Skew};
 use crate::config::walk::Problem;
 use crate::config::{Config, Credentials};
 use crate::credentials::{Sources, System};
@@ -23,26 +23,42 @@ pub struct State {
     /// One per `[credentials.NAME]`.
     pub providers: HashMap<String, Provider>,
     pub metrics: Arc<Metrics>,
+    /// The time to sign with and to judge expiry by: this machine's clock,
+    /// corrected by the measured skew while `clock_skew_correction` is on.
     pub clock: Clock,
+    /// The gateway's clock minus ours, as last measured.
+    pub skew: Arc<Skew>,
     /// Request-body bytes held in memory (DESIGN §8).
     pub budget: Budget,
+    runtime: Runtime,
 }
 
-/// What outlives a reload: metrics, the clock, and where secrets are read from.
+/// What outlives a reload: metrics, this machine's clock, the measured
+/// skew, and where secrets are read from.
 #[derive(Clone)]
 pub struct Runtime {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub sources: Arc<dyn Sources>,
+    pub skew: Arc<Skew>,
+}
+
+impl Runtime {
+    /// A runtime around this clock, with fresh metrics.
+    pub fn with_clock(clock: Clock) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Runtime {
+            skew: Arc::new(Skew::new(metrics.clock_skew.clone())),
+            metrics,
+            clock,
+            sources: Arc::new(System),
+        }
+    }
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime {
-            metrics: Arc::new(Metrics::new()),
-            clock: clock::system(),
-            sources: Arc::new(System),
-        }
+        Runtime::with_clock(clock::system())
     }
 }
 
@@ -67,16 +83,26 @@ impl State {
                 message,
             }]
         })?;
+        let clock = if config.server.clock_skew_correction {
+            runtime.skew.corrected(runtime.clock.clone())
+        } else {
+            runtime.clock.clone()
+        };
         let cx = auth::Context {
             client: client.clone(),
             sources: runtime.sources.clone(),
-            clock: runtime.clock.clone(),
+            clock: clock.clone(),
             metrics: runtime.metrics.clone(),
+            skew: runtime.skew.clone(),
+            local_clock: runtime.clock.clone(),
         };
         let mut providers = HashMap::new();
         for (name, spec) in &config.credentials {
             let reusable = previous
                 .filter(|p| p.config.upstream_tls == config.upstream_tls)
+                .filter(|p| {
+                    p.config.server.clock_skew_correction == config.server.clock_skew_correction
+                })
                 .and_then(|p| {
                     let same = match (p.config.credentials.get(name)?, spec) {
                         (Credentials::Token(a), Credentials::Token(b)) => a == b,
@@ -103,18 +129,24 @@ impl State {
             config,
             client,
             providers,
-            metrics: runtime.metrics,
-            clock: runtime.clock,
+            metrics: runtime.metrics.clone(),
+            clock,
+            skew: runtime.skew.clone(),
             budget,
+            runtime,
         })
+    }
+
+    /// This machine's clock, uncorrected: what the skew is measured against.
+    pub fn local_clock(&self) -> &Clock {
+        &self.runtime.clock
     }
 
     /// What survives a reload of this state.
     pub fn runtime(&self, sources: Arc<dyn Sources>) -> Runtime {
         Runtime {
-            metrics: self.metrics.clone(),
-            clock: self.clock.clone(),
             sources,
+            ..self.runtime.clone()
         }
     }
 

@@ -358,7 +358,8 @@ async fn rotated_key_files_are_picked_up_without_a_restart() {
 
     std::fs::write(&ak, format!("{}\n", new_key.access_key)).unwrap();
     std::fs::write(&sk, "rotated-secret\n").unwrap();
-    let Provider::AkSk(watched) = proxy.shared.state.load().providers["files"].clone() else {
+    let Provider::AkSk { keys: watched, .. } = proxy.shared.state.load().providers["files"].clone()
+    else {
         panic!()
     };
     // What the 5-second poll does, without waiting for it.

@@ -559,7 +559,7 @@ async fn a_bad_signature_from_the_upstream_is_passed_through_untouched() {
     let (parts, bytes) = get(&proxy.url("/")).await;
     assert_eq!(parts.status, 401);
     assert!(parts.headers.get("x-modelarts-proxy-error").is_none());
-    assert!(String::from_utf8_lossy(&bytes).contains("signature mismatch"));
+    assert!(String::from_utf8_lossy(&bytes).contains("verify aksk signature fail"));
 }
 
 #[tokio::test]

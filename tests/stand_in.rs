@@ -483,7 +483,9 @@ async fn static_aksk_echoes_keep_verified_true_and_say_auth_aksk() {
     .await;
     let msg = assert_gateway_401(&parts, &bytes, "APIG.0301");
     assert!(
-        msg.starts_with("Incorrect IAM authentication information: x-sdk-date is"),
+        msg.starts_with(
+            "Incorrect IAM authentication information: calc ak sk signature fail:signature expired"
+        ),
         "{msg}"
     );
     assert_eq!(stats.accepted.load(Ordering::SeqCst), 1);
@@ -691,7 +693,8 @@ async fn echoes_and_errors_never_contain_the_token_app_code_or_password() {
     assert!(expired.contains("APIG.0307"), "{expired}");
     let mismatch = seen.last().unwrap();
     assert!(
-        mismatch.contains("signature mismatch") && mismatch.contains("x-auth-token:** redacted **"),
+        mismatch.contains("verify aksk signature fail")
+            && mismatch.contains("x-auth-token:** redacted **"),
         "{mismatch}"
     );
     for text in &seen {

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use crate::client::HttpClient;
+use crate::clock::{Clock, Skew};
 use crate::credentials::Sources;
 use crate::error::{chain, full};
 
@@ -73,11 +74,35 @@ pub struct IamFetcher {
     pub request: TokenRequest,
     pub client: HttpClient,
     pub sources: Arc<dyn Sources>,
+    /// IAM's `Date` is measured against this machine's clock.
+    pub skew: Option<SkewProbe>,
+}
+
+/// Where to report the offset of a service's clock (its `Date` header).
+#[derive(Clone)]
+pub struct SkewProbe {
+    pub skew: Arc<Skew>,
+    /// This machine's clock, uncorrected.
+    pub local: Clock,
+}
+
+impl SkewProbe {
+    /// Reports the `Date` of an answer that just arrived from `source`.
+    pub fn observe(&self, headers: &http::HeaderMap, source: &str) {
+        if let Some(remote) = crate::gateway::http_date(headers) {
+            self.skew.observe(remote, (self.local)(), source);
+        }
+    }
 }
 
 impl Fetch<Token> for IamFetcher {
     fn fetch(&self) -> BoxFuture<'_, Result<Expiring<Token>, FetchError>> {
-        Box::pin(fetch_token(&self.request, &self.client, &*self.sources))
+        Box::pin(fetch_token(
+            &self.request,
+            &self.client,
+            &*self.sources,
+            self.skew.as_ref(),
+        ))
     }
 }
 
@@ -87,6 +112,7 @@ pub async fn fetch_token(
     request: &TokenRequest,
     client: &HttpClient,
     sources: &dyn Sources,
+    skew: Option<&SkewProbe>,
 ) -> Result<Expiring<Token>, FetchError> {
     let who = request.describe();
     // Read at every fetch, so a rotated password file is picked up.
@@ -122,6 +148,9 @@ pub async fn fetch_token(
         }
         Ok(Ok(r)) => r,
     };
+    if let Some(probe) = skew {
+        probe.observe(response.headers(), "IAM");
+    }
     let status = response.status();
     let token = response.headers().get("x-subject-token").cloned();
     let body: Bytes = tokio::time::timeout(

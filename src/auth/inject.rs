@@ -18,12 +18,14 @@ use tokio::time::Instant;
 
 use super::Provider;
 use super::aksk::{self, AkSkCredentials, BodyHash, DecorateError, Target};
+use super::breaker::{Breaker, Ticket};
 use super::iam::Token;
 use super::refresh::{Expiring, Refreshing};
 use crate::body::{self, Buffered, RequestBody, Reserve};
 use crate::budget::Budget;
 use crate::config::Route;
 use crate::error::{ProxyBody, ProxyError};
+use crate::gateway::GatewayError;
 use crate::headers::name::X_AUTH_TOKEN;
 use crate::metrics::{CredentialLabels, Metrics};
 
@@ -72,8 +74,15 @@ impl Injection<'_> {
     }
 }
 
-/// What was used, so that a rejection (401) can be answered.
-pub enum Recovery {
+/// What was used, so that the answer can be acted on: a rejection (401)
+/// renews a credential; a signature's verdict goes to its breaker.
+pub struct Recovery {
+    kind: Used,
+    /// An AK/SK request the signature breaker let through.
+    pass: Option<Pass>,
+}
+
+enum Used {
     Nothing,
     /// An IAM token was sent.
     Token {
@@ -88,6 +97,48 @@ pub enum Recovery {
         creds: Arc<Refreshing<Arc<AkSkCredentials>>>,
         used: Arc<Expiring<Arc<AkSkCredentials>>>,
     },
+}
+
+/// A request the signature breaker let through. Dropped without a verdict
+/// (the upstream never answered), a probe gives its turn back.
+struct Pass {
+    breaker: Arc<Breaker>,
+    ticket: Ticket,
+    judged: bool,
+}
+
+impl Pass {
+    fn judge(mut self, gateway: Option<&GatewayError>) {
+        self.judged = true;
+        match gateway.filter(|e| e.is_signature_rejection()) {
+            Some(e) => self.breaker.rejected(self.ticket, &e.message),
+            None => self.breaker.accepted(),
+        }
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if !self.judged && self.ticket == Ticket::Probe {
+            self.breaker.probe_abandoned();
+        }
+    }
+}
+
+/// Lets an AK/SK request through the breaker, or says why not.
+fn admit(breaker: &Arc<Breaker>, cx: &Injection<'_>) -> Result<Pass, ProxyError> {
+    match breaker.admit() {
+        Ok(ticket) => Ok(Pass {
+            breaker: breaker.clone(),
+            ticket,
+            judged: false,
+        }),
+        Err(held) => Err(ProxyError::CredentialsRejected {
+            credentials: cx.route.credentials.clone().unwrap_or_default(),
+            remaining: held.remaining,
+            last: held.last,
+        }),
+    }
 }
 
 /// A token-mode request kept to be sent again with a renewed token.
@@ -107,18 +158,35 @@ pub async fn inject(
     cx: &Injection<'_>,
 ) -> Result<(Request<ProxyBody>, Recovery), ProxyError> {
     let unavailable = ProxyError::CredentialsUnavailable;
+    let nothing = || Recovery {
+        kind: Used::Nothing,
+        pass: None,
+    };
     match provider {
-        None => Ok((out.into_request(body.boxed()), Recovery::Nothing)),
-        Some(Provider::AkSk(keys)) => {
+        None => Ok((out.into_request(body.boxed()), nothing())),
+        Some(Provider::AkSk { keys, breaker }) => {
+            let pass = admit(breaker, cx)?;
             let body = sign_aksk(&mut out, body, &keys.current(), cx).await?;
-            Ok((out.into_request(body), Recovery::Nothing))
+            let recovery = Recovery {
+                kind: Used::Nothing,
+                pass: Some(pass),
+            };
+            Ok((out.into_request(body), recovery))
         }
-        Some(Provider::Metadata { creds, max_wait }) => {
+        Some(Provider::Metadata {
+            creds,
+            max_wait,
+            breaker,
+        }) => {
+            let pass = admit(breaker, cx)?;
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
             let body = sign_aksk(&mut out, body, &used.value, cx).await?;
-            let recovery = Recovery::TemporaryKey {
-                creds: creds.clone(),
-                used,
+            let recovery = Recovery {
+                kind: Used::TemporaryKey {
+                    creds: creds.clone(),
+                    used,
+                },
+                pass: Some(pass),
             };
             Ok((out.into_request(body), recovery))
         }
@@ -128,18 +196,21 @@ pub async fn inject(
             let used = token.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
             out.headers.insert(X_AUTH_TOKEN, used.value.header.clone());
             let (body, replay) = keep_if_small(&out, body, cx).await?;
-            let recovery = Recovery::Token {
-                token: token.clone(),
-                used,
-                max_wait: *max_wait,
-                replay,
+            let recovery = Recovery {
+                kind: Used::Token {
+                    token: token.clone(),
+                    used,
+                    max_wait: *max_wait,
+                    replay,
+                },
+                pass: None,
             };
             Ok((out.into_request(body), recovery))
         }
         Some(Provider::ApiKey(key)) => {
             let key = key.current();
             out.headers.insert(key.header.clone(), key.value.clone());
-            Ok((out.into_request(body.boxed()), Recovery::Nothing))
+            Ok((out.into_request(body.boxed()), nothing()))
         }
     }
 }
@@ -238,19 +309,27 @@ impl Recovery {
     /// (one fetch however many requests saw it); for a kept token-mode body
     /// this returns the request to send once more. A second 401 is returned
     /// as it is: nothing loops.
-    pub async fn after(self, status: StatusCode, cx: &Injection<'_>) -> Option<Request<ProxyBody>> {
+    pub async fn after(
+        self,
+        status: StatusCode,
+        gateway: Option<&GatewayError>,
+        cx: &Injection<'_>,
+    ) -> Option<Request<ProxyBody>> {
+        if let Some(pass) = self.pass {
+            pass.judge(gateway);
+        }
         if status != StatusCode::UNAUTHORIZED {
             return None;
         }
-        match self {
-            Recovery::Nothing => None,
+        match self.kind {
+            Used::Nothing => None,
             // Temporary AK/SK rejected (revoked, or the agency changed): ask
             // for new ones so the next requests use them.
-            Recovery::TemporaryKey { creds, used } => {
+            Used::TemporaryKey { creds, used } => {
                 creds.request_renewal(&used);
                 None
             }
-            Recovery::Token {
+            Used::Token {
                 token,
                 used,
                 replay: None,
@@ -259,7 +338,7 @@ impl Recovery {
                 token.request_renewal(&used);
                 None
             }
-            Recovery::Token {
+            Used::Token {
                 token,
                 used,
                 max_wait,

@@ -4,6 +4,7 @@
 //! expiry by [`refresh::Refreshing`].
 
 pub mod aksk;
+pub mod breaker;
 pub mod iam;
 pub mod inject;
 pub mod metadata;
@@ -17,11 +18,12 @@ use chrono::{DateTime, Utc};
 use http::{HeaderName, HeaderValue};
 
 use crate::client::HttpClient;
-use crate::clock::Clock;
+use crate::clock::{Clock, Skew};
 use crate::config::{self, AkSkSpec, ApiKeySpec, Credentials, MetadataSpec, TokenSpec};
 use crate::credentials::{SecretSource, Sources};
 use crate::metrics::Metrics;
 pub use aksk::AkSkCredentials;
+pub use breaker::Breaker;
 use refresh::{FetchError, Observe, Policy, Refreshing};
 pub use watched::{FILE_POLL_INTERVAL, Watched};
 
@@ -35,10 +37,14 @@ pub struct ApiKey {
 /// A credential source at run time.
 #[derive(Clone)]
 pub enum Provider {
-    AkSk(Arc<Watched<AkSkCredentials>>),
+    AkSk {
+        keys: Arc<Watched<AkSkCredentials>>,
+        breaker: Arc<Breaker>,
+    },
     Metadata {
         creds: Arc<Refreshing<Arc<AkSkCredentials>>>,
         max_wait: Duration,
+        breaker: Arc<Breaker>,
     },
     Token {
         token: Arc<Refreshing<iam::Token>>,
@@ -56,6 +62,10 @@ pub struct Context {
     pub sources: Arc<dyn Sources>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// IAM's `Date` headers are measured against this machine's clock.
+    pub skew: Arc<Skew>,
+    /// This machine's clock, uncorrected.
+    pub local_clock: Clock,
 }
 
 impl Provider {
@@ -63,25 +73,39 @@ impl Provider {
     pub fn start(name: &str, spec: &Credentials, cx: &Context) -> Provider {
         let label = format!("credentials.{name}");
         match spec {
-            Credentials::AkSk(a) => start_aksk(label, a, cx),
+            Credentials::AkSk(a) => start_aksk(label, name, a, cx),
             Credentials::ApiKey(k) => start_api_key(label, k, cx),
             Credentials::Token(t) => start_token(label, name, t, cx),
             Credentials::Metadata(m) => start_metadata(label, name, m, cx),
         }
     }
 
+    /// Which kind of credential this is, for hints.
+    pub fn kind(&self) -> crate::gateway::Kind {
+        use crate::gateway::Kind;
+        match self {
+            Provider::AkSk { .. } | Provider::Metadata { .. } => Kind::AkSk,
+            Provider::Token { .. } => Kind::Token,
+            Provider::ApiKey(_) => Kind::ApiKey,
+        }
+    }
+
     /// False while an expiring credential has not been fetched (or has expired).
     pub fn is_ready(&self) -> bool {
         match self {
-            Provider::AkSk(_) | Provider::ApiKey(_) => true,
+            Provider::AkSk { .. } | Provider::ApiKey(_) => true,
             Provider::Metadata { creds, .. } => creds.is_ready(),
             Provider::Token { token, .. } => token.is_ready(),
         }
     }
 
     /// After a reload kept this provider: if it is failing, retry now (the
-    /// operator may have fixed the password file or IAM).
+    /// operator may have fixed the password file or IAM); an open signature
+    /// breaker closes.
     pub fn retry_if_failing(&self) {
+        if let Provider::Metadata { breaker, .. } = self {
+            breaker.reset("the configuration was reloaded");
+        }
         match self {
             Provider::Token { token, .. } if token.last_error().is_some() || !token.is_ready() => {
                 token.retry_now()
@@ -102,7 +126,7 @@ impl Provider {
                 .unwrap_or_else(|| "not fetched yet".to_owned())
         };
         match self {
-            Provider::AkSk(_) | Provider::ApiKey(_) => None,
+            Provider::AkSk { .. } | Provider::ApiKey(_) => None,
             Provider::Metadata { creds, .. } => {
                 (!creds.is_ready()).then(|| last(creds.last_error()))
             }
@@ -111,22 +135,30 @@ impl Provider {
     }
 }
 
-/// A long-lived AK/SK, re-read when its files change.
-fn start_aksk(label: String, a: &AkSkSpec, cx: &Context) -> Provider {
-    let (source, project_id, sources) = (
+/// A long-lived AK/SK, re-read when its files change (which also closes
+/// its signature breaker: the operator fixed the key).
+fn start_aksk(label: String, name: &str, a: &AkSkSpec, cx: &Context) -> Provider {
+    let breaker = Arc::new(Breaker::new(name, a.breaker_cooldown, cx.metrics.clone()));
+    let (source, project_id, sources, fixed) = (
         a.source.clone(),
         a.current.project_id.clone(),
         cx.sources.clone(),
+        breaker.clone(),
     );
     let files = a.source.files(&*cx.sources);
     let reload = move || {
-        source
+        let key = source
             .resolve(&*sources, project_id.clone())
             .map(|key| AkSkCredentials::from(&key))
-            .map_err(|(key, e)| format!("{key}: {e}"))
+            .map_err(|(key, e)| format!("{key}: {e}"))?;
+        fixed.reset("the key files changed");
+        Ok(key)
     };
     let initial = AkSkCredentials::from(&a.current);
-    Provider::AkSk(Watched::start(label, initial, files, reload))
+    Provider::AkSk {
+        keys: Watched::start(label, initial, files, reload),
+        breaker,
+    }
 }
 
 /// An API key, re-read when its file changes.
@@ -162,6 +194,10 @@ fn start_token(label: String, name: &str, t: &TokenSpec, cx: &Context) -> Provid
         request: t.request.clone(),
         client: cx.client.clone(),
         sources: cx.sources.clone(),
+        skew: Some(iam::SkewProbe {
+            skew: cx.skew.clone(),
+            local: cx.local_clock.clone(),
+        }),
     };
     let token = Refreshing::start(
         label.clone(),
@@ -197,23 +233,28 @@ fn start_token(label: String, name: &str, t: &TokenSpec, cx: &Context) -> Provid
     }
 }
 
-/// Temporary AK/SK from the ECS metadata service, kept fresh.
+/// Temporary AK/SK from the ECS metadata service, kept fresh; new keys
+/// close the signature breaker.
 fn start_metadata(label: String, name: &str, m: &MetadataSpec, cx: &Context) -> Provider {
+    let breaker = Arc::new(Breaker::new(name, m.breaker_cooldown, cx.metrics.clone()));
     let fetcher = metadata::MetadataFetcher {
         endpoint: m.endpoint.clone(),
         project_id: m.project_id.clone(),
         client: cx.client.clone(),
     };
+    let mut observe = CredentialMetrics::new(cx, name);
+    observe.breaker = Some(breaker.clone());
     let creds = Refreshing::start(
         label,
         fetcher,
         Policy::with_margin(m.refresh_margin),
         cx.clock.clone(),
-        CredentialMetrics::new(cx, name),
+        observe,
     );
     Provider::Metadata {
         creds,
         max_wait: m.max_wait,
+        breaker,
     }
 }
 
@@ -221,6 +262,8 @@ fn start_metadata(label: String, name: &str, m: &MetadataSpec, cx: &Context) -> 
 struct CredentialMetrics {
     metrics: Arc<Metrics>,
     credentials: String,
+    /// New temporary keys close it.
+    breaker: Option<Arc<Breaker>>,
 }
 
 impl CredentialMetrics {
@@ -228,6 +271,7 @@ impl CredentialMetrics {
         CredentialMetrics {
             metrics: cx.metrics.clone(),
             credentials: name.to_owned(),
+            breaker: None,
         }
     }
 }
@@ -235,6 +279,9 @@ impl Observe for CredentialMetrics {
     fn fetched(&self, expires_at: DateTime<Utc>) {
         self.metrics
             .credential_fetched(&self.credentials, expires_at.timestamp());
+        if let Some(b) = &self.breaker {
+            b.reset("new temporary keys were fetched");
+        }
     }
 
     fn failed(&self, _error: &FetchError) {

@@ -144,15 +144,15 @@ async fn fetch_expiring(state: &State) -> Vec<String> {
             } => first_fetch(token, *max_wait)
                 .await
                 .map(|t| format!("IAM token valid until {}", t.expires_at.to_rfc3339())),
-            Provider::Metadata { creds, max_wait } => {
-                first_fetch(creds, *max_wait).await.map(|c| {
-                    format!(
-                        "temporary AK/SK {} valid until {}",
-                        c.value.key.access_key,
-                        c.expires_at.to_rfc3339()
-                    )
-                })
-            }
+            Provider::Metadata {
+                creds, max_wait, ..
+            } => first_fetch(creds, *max_wait).await.map(|c| {
+                format!(
+                    "temporary AK/SK {} valid until {}",
+                    c.value.key.access_key,
+                    c.expires_at.to_rfc3339()
+                )
+            }),
             _ => continue,
         };
         match result {

@@ -82,7 +82,7 @@ pub(super) async fn token(args: TokenArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    match crate::auth::iam::fetch_token(&spec.request, &client, &System).await {
+    match crate::auth::iam::fetch_token(&spec.request, &client, &System, None).await {
         Ok(token) => {
             println!("{}", String::from_utf8_lossy(token.value.header.as_bytes()));
             eprintln!("# valid until {}", token.expires_at.to_rfc3339());

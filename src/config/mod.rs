@@ -129,6 +129,8 @@ pub struct AkSkSpec {
     pub current: ResolvedKey,
     /// How to read it again.
     pub source: KeySource,
+    /// How long the signature breaker stays open (DESIGN §9).
+    pub breaker_cooldown: Duration,
 }
 
 /// A resolved AK/SK and where it came from (never the secret).
@@ -159,6 +161,7 @@ pub struct MetadataSpec {
     pub project_id: Option<String>,
     pub refresh_margin: Duration,
     pub max_wait: Duration,
+    pub breaker_cooldown: Duration,
 }
 
 /// Which project the token is scoped to.
@@ -209,6 +212,10 @@ pub struct ApiKeySpec {
 
 /// The ECS metadata endpoint for temporary credentials.
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254/openstack/latest/securitykey";
+
+/// After 3 signature rejections in a row, a credential's requests are held
+/// back this long: APIG locks an AK for 5 minutes after 5 failures in a row.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(5 * 60);
 
 /// Refresh expiring credentials at least this long before they expire.
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -269,6 +276,7 @@ const AKSK_KEYS: &[&str] = &[
     "metadata_endpoint",
     "refresh_margin",
     "max_wait",
+    "breaker_cooldown",
 ];
 const TOKEN_KEYS: &[&str] = &[
     "type",
@@ -767,6 +775,9 @@ pub fn secret_source(report: &mut Report, s: &Section<'_>, key: &str) -> Option<
 fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<Credentials> {
     check_keys(report, s.table, &s.path, AKSK_KEYS);
     let project_id = s.str(report, "project_id").map(str::to_owned);
+    let breaker_cooldown = s
+        .duration(report, "breaker_cooldown")
+        .unwrap_or(DEFAULT_BREAKER_COOLDOWN);
     let source = s.str(report, "source");
     let csv = s.str(report, "csv");
     let has_keys = s.get("access_key").is_some() || s.get("secret_key").is_some();
@@ -788,6 +799,7 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
                     .duration(report, "refresh_margin")
                     .unwrap_or(DEFAULT_REFRESH_MARGIN),
                 max_wait: s.duration(report, "max_wait").unwrap_or(DEFAULT_MAX_WAIT),
+                breaker_cooldown,
             }));
         }
         (Some("env"), None, false) => KeySource::SdkChain,
@@ -821,6 +833,7 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
         Ok(current) => Some(Credentials::AkSk(AkSkSpec {
             current,
             source: key_source,
+            breaker_cooldown,
         })),
         Err((key, message)) => {
             report.error(s.key_path(key), message);

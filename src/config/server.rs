@@ -60,6 +60,7 @@ pub const KEYS: &[&str] = &[
     "require_header",
     "shutdown_delay",
     "max_header_bytes",
+    "clock_skew_correction",
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +82,8 @@ pub struct Server {
     pub require_header: Option<RequireHeader>,
     pub shutdown_delay: Duration,
     pub max_header_bytes: usize,
+    /// Sign with the gateway's clock when ours is measured to differ (DESIGN §9).
+    pub clock_skew_correction: bool,
 }
 
 impl Default for Server {
@@ -101,6 +104,7 @@ impl Default for Server {
             require_header: None,
             shutdown_delay: Duration::ZERO,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            clock_skew_correction: true,
         }
     }
 }
@@ -166,6 +170,9 @@ pub(super) fn server(report: &mut Report, s: &Section<'_>, sources: &dyn Sources
             .duration_or_zero(report, "shutdown_delay")
             .unwrap_or(d.shutdown_delay),
         max_header_bytes: max_header_bytes(report, s).unwrap_or(d.max_header_bytes),
+        clock_skew_correction: s
+            .bool(report, "clock_skew_correction")
+            .unwrap_or(d.clock_skew_correction),
     };
     if server.allow_remote && server.allow_clients.is_none() && server.require_header.is_none() {
         report.warn(

@@ -208,7 +208,7 @@ async fn forward(
     route: &Route,
     outgoing: Outgoing,
     body: RequestBody,
-) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let deadline = tokio::time::Instant::now() + route.timeout;
     let progress: Arc<Progress> = body.progress();
     let provider = route
@@ -223,12 +223,21 @@ async fn forward(
         budget: &state.budget,
         buffer_wait: state.config.server.buffer_wait,
     };
+    let once = send::Once {
+        state,
+        route,
+        provider,
+        body: &progress,
+    };
     let exchange = async {
         let (request, recovery) = inject::inject(provider, outgoing, body, &cx).await?;
         let request = send::chunked_if_unknown(request);
-        let response = send::send(&state.client, request, &progress, route).await?;
-        match recovery.after(response.status(), &cx).await {
-            Some(again) => send::send(&state.client, again, &progress, route).await,
+        let (response, seen) = once.send(request).await?;
+        match recovery
+            .after(response.status(), seen.error.as_ref(), &cx)
+            .await
+        {
+            Some(again) => once.send(again).await.map(|(r, _)| r),
             None => Ok(response),
         }
     };
@@ -241,8 +250,7 @@ async fn forward(
     }
 }
 
-fn stream_back(response: Response<hyper::body::Incoming>) -> Response<ProxyBody> {
-    let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+fn stream_back(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    headers::strip_hop_by_hop(response.headers_mut());
+    response
 }

@@ -169,7 +169,10 @@ impl Exchange {
         });
         self.conn.request_finished();
         let peer = self.conn.peer().map(|p| p.to_string());
-        let upstream_id = self.upstream_request_id.as_ref().and_then(|v| v.to_str().ok());
+        let upstream_id = self
+            .upstream_request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok());
         tracing::info!(
             target: "modelarts_proxy::access",
             request_id = self.request_id.to_str().unwrap_or_default(),

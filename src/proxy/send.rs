@@ -1,4 +1,5 @@
-//! Sending upstream with the pooled client, and the one place a failed
+//! Sending upstream with the pooled client, reading what the gateway's
+//! answer says (APIG errors, its clock), and the one place a failed
 //! exchange is classified: the client's fault (413, 408, 400) or the
 //! upstream's (502).
 
@@ -7,13 +8,79 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 
+use chrono::{DateTime, Utc};
+
+use crate::auth::Provider;
 use crate::body::{BodyIdle, LimitExceeded, Progress};
 use crate::client::HttpClient;
 use crate::config::Route;
 use crate::error::{ProxyBody, ProxyError, chain};
+use crate::gateway::{self, HintContext, Kind, Seen, codes};
+use crate::state::State;
+
+/// One send of one request on a route: the request, the answer's head, and
+/// what the gateway said in it.
+pub struct Once<'a> {
+    pub state: &'a State,
+    pub route: &'a Route,
+    pub provider: Option<&'a Provider>,
+    pub body: &'a Progress,
+}
+
+impl Once<'_> {
+    /// Sends, waits for the head (the caller bounds the time), then reads
+    /// what an APIG error or the `Date` header says.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<ProxyBody>, Seen), ProxyError> {
+        let (state, route) = (self.state, self.route);
+        let response = send(&state.client, req, self.body, route).await?;
+        let received = (state.local_clock())();
+        let idle = state.config.server.idle_timeout;
+        let (response, seen) = gateway::inspect(response, idle, |err, status| {
+            let cx = HintContext {
+                credentials: route.credentials.as_deref(),
+                kind: self.provider.map_or(Kind::None, Provider::kind),
+                upstream: &route.upstream.url(),
+                skew_seconds: seen_skew(state, err, received),
+            };
+            codes::hint(err, status, &cx)
+        })
+        .await;
+        if let Some(t) = seen.server_time {
+            state
+                .skew
+                .observe(t, received, route.upstream.authority.as_str());
+        }
+        if let Some(err) = &seen.error {
+            state.metrics.gateway_error(&err.code);
+            let hint = response.headers().get(gateway::HINT_HEADER);
+            tracing::warn!(
+                route = %route.prefix,
+                status = response.status().as_u16(),
+                code = %err.code,
+                gateway_request_id = err.request_id.as_deref().unwrap_or(""),
+                hint = hint.and_then(|h| h.to_str().ok()).unwrap_or(""),
+                "API Gateway error: {}",
+                err.message
+            );
+        }
+        Ok((response, seen))
+    }
+}
+
+/// The skew to quote in a hint: from the error's own `server time` when it
+/// has one (it is newer than any measurement), else the last one.
+fn seen_skew(state: &State, err: &gateway::GatewayError, received: DateTime<Utc>) -> Option<i64> {
+    match err.server_time() {
+        Some(t) => Some((t - received).num_seconds()),
+        None => state.skew.offset().map(|d| d.num_seconds()),
+    }
+}
 
 /// Sends `req` and waits for the response head (the caller bounds the time).
-pub async fn send(
+async fn send(
     client: &HttpClient,
     req: Request<ProxyBody>,
     body: &Progress,
