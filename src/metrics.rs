@@ -127,6 +127,16 @@ fn latency_buckets() -> Histogram {
 /// Registers each metric as it is made.
 struct Registrar(Registry);
 
+/// `Metrics { field: registered(name, help, metric), … }`, in order.
+macro_rules! registered {
+    ($r:ident; $($field:ident = $name:literal, $help:literal, $metric:expr;)*) => {
+        Metrics {
+            $($field: $r.add($name, $help, $metric),)*
+            registry: Registry::default(),
+        }
+    };
+}
+
 impl Registrar {
     fn add<M: prometheus_client::registry::Metric + Clone>(
         &mut self,
@@ -148,123 +158,31 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registrar(Registry::with_prefix("modelarts_proxy"));
-        let metrics = Metrics {
-            requests: r.add(
-                "requests",
-                "Requests answered, by route and status",
-                Family::default(),
-            ),
-            errors: r.add(
-                "proxy_errors",
-                "Responses made by the proxy itself, by route and error code",
-                Family::default(),
-            ),
-            upstream_latency: r.add(
-                "upstream_response_seconds",
-                "Time from receiving a request to the upstream response head",
-                Family::new_with_constructor(latency_buckets as fn() -> _),
-            ),
-            in_flight: r.add(
-                "requests_in_flight",
-                "Requests being proxied now, until their response body ends",
-                Gauge::default(),
-            ),
-            reloads: r.add(
-                "config_reloads",
-                "Configuration reloads, by result",
-                Family::default(),
-            ),
-            credential_refreshes: r.add(
-                "credential_refreshes",
-                "Fetches of IAM tokens and ECS temporary keys, by result",
-                Family::default(),
-            ),
-            credential_expiry: r.add(
-                "credential_expiry_timestamp_seconds",
-                "When the current expiring credential expires (Unix time)",
-                Family::default(),
-            ),
-            credential_replays: r.add(
-                "credential_replays",
-                "Requests replayed once with a renewed token after a 401",
-                Family::default(),
-            ),
-            request_duration: r.add(
-                "request_duration_seconds",
-                "Time from receiving a request to the end of its response body",
-                Family::new_with_constructor(latency_buckets as fn() -> _),
-            ),
-            request_bytes: r.add(
-                "request_bytes",
-                "Request body bytes received from clients",
-                Family::default(),
-            ),
-            response_bytes: r.add(
-                "response_bytes",
-                "Response body bytes sent to clients",
-                Family::default(),
-            ),
-            stream_failures: r.add(
-                "stream_failures",
-                "Response bodies that did not end normally, by cause",
-                Family::default(),
-            ),
-            connections_open: r.add(
-                "connections_open",
-                "Client connections open now, all listeners together",
-                Gauge::default(),
-            ),
-            connections_closed: r.add(
-                "connections_closed",
-                "Client connections closed, by reason",
-                Family::default(),
-            ),
-            accept_errors: r.add(
-                "accept_errors",
-                "Failed accepts on the client listeners (such as EMFILE)",
-                Counter::default(),
-            ),
-            buffered_bytes: r.add(
-                "buffered_bytes",
-                "Request-body bytes held in memory now (buffer budget in use)",
-                Gauge::default(),
-            ),
-            buffer_budget: r.add(
-                "buffer_budget_bytes",
-                "The buffer budget (server.buffer_budget)",
-                Gauge::default(),
-            ),
-            max_connections: r.add(
-                "max_connections",
-                "Client connections allowed at once, after fitting the open-file limit",
-                Gauge::default(),
-            ),
-            clock_skew: r.add(
-                "clock_skew_seconds",
-                "The gateway's clock minus this machine's, as last measured",
-                Gauge::default(),
-            ),
-            gateway_errors: r.add(
-                "gateway_errors",
-                "APIG error answers passed through, by APIG error code",
-                Family::default(),
-            ),
-            breaker_open: r.add(
-                "breaker_open",
-                "1 while a credential's signature breaker is open (its requests paused)",
-                Family::default(),
-            ),
-            breaker_transitions: r.add(
-                "breaker_transitions",
-                "Signature breaker openings and closings, by credential",
-                Family::default(),
-            ),
-            build_info: r.add(
-                "build_info",
-                "Always 1; the version label says which build this is",
-                Family::default(),
-            ),
-            registry: Registry::default(),
+        // One line per metric: field = name, help, metric.
+        let metrics = registered! { r;
+            requests = "requests", "Requests answered, by route and status", Family::default();
+            errors = "proxy_errors", "Responses made by the proxy itself, by route and error code", Family::default();
+            upstream_latency = "upstream_response_seconds", "Time from receiving a request to the upstream response head", Family::new_with_constructor(latency_buckets as fn() -> _);
+            in_flight = "requests_in_flight", "Requests being proxied now, until their response body ends", Gauge::default();
+            reloads = "config_reloads", "Configuration reloads, by result", Family::default();
+            credential_refreshes = "credential_refreshes", "Fetches of IAM tokens and ECS temporary keys, by result", Family::default();
+            credential_expiry = "credential_expiry_timestamp_seconds", "When the current expiring credential expires (Unix time)", Family::default();
+            credential_replays = "credential_replays", "Requests replayed once with a renewed token after a 401", Family::default();
+            request_duration = "request_duration_seconds", "Time from receiving a request to the end of its response body", Family::new_with_constructor(latency_buckets as fn() -> _);
+            request_bytes = "request_bytes", "Request body bytes received from clients", Family::default();
+            response_bytes = "response_bytes", "Response body bytes sent to clients", Family::default();
+            stream_failures = "stream_failures", "Response bodies that did not end normally, by cause", Family::default();
+            connections_open = "connections_open", "Client connections open now, all listeners together", Gauge::default();
+            connections_closed = "connections_closed", "Client connections closed, by reason", Family::default();
+            accept_errors = "accept_errors", "Failed accepts on the client listeners (such as EMFILE)", Counter::default();
+            buffered_bytes = "buffered_bytes", "Request-body bytes held in memory now (buffer budget in use)", Gauge::default();
+            buffer_budget = "buffer_budget_bytes", "The buffer budget (server.buffer_budget)", Gauge::default();
+            max_connections = "max_connections", "Client connections allowed at once, after fitting the open-file limit", Gauge::default();
+            clock_skew = "clock_skew_seconds", "The gateway's clock minus this machine's, as last measured", Gauge::default();
+            gateway_errors = "gateway_errors", "APIG error answers passed through, by APIG error code", Family::default();
+            breaker_open = "breaker_open", "1 while a credential's signature breaker is open (its requests paused)", Family::default();
+            breaker_transitions = "breaker_transitions", "Signature breaker openings and closings, by credential", Family::default();
+            build_info = "build_info", "Always 1; the version label says which build this is", Family::default();
         };
         metrics
             .build_info

@@ -104,11 +104,9 @@ pub fn http_date(headers: &http::HeaderMap) -> Option<DateTime<Utc>> {
 #[derive(Debug, Default)]
 pub struct Seen {
     pub error: Option<GatewayError>,
-    /// The gateway's clock, from the error message or the `Date` header.
-    pub server_time: Option<DateTime<Utc>>,
 }
 
-/// Looks at an upstream answer: its `Date`, and for an error status its body
+/// Looks at an upstream answer: for an error status, its body
 /// (up to [`MAX_INSPECTED`] bytes, read within `wait`). An APIG error gets
 /// the hint header; the body goes on unchanged either way.
 pub async fn inspect<B>(
@@ -121,10 +119,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = response.into_parts();
-    let mut seen = Seen {
-        server_time: http_date(&parts.headers),
-        ..Seen::default()
-    };
+    let mut seen = Seen::default();
     let small = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -136,9 +131,6 @@ where
     }
     let (head, rest) = read_head(body, wait).await;
     if let Some(err) = GatewayError::parse(&head) {
-        if let Some(t) = err.server_time() {
-            seen.server_time = Some(t);
-        }
         if let Some(line) = hint(&err, parts.status.as_u16())
             && let Ok(v) = HeaderValue::from_str(&line)
         {

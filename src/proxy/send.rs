@@ -37,6 +37,10 @@ impl Once<'_> {
         let (state, route) = (self.state, self.route);
         let response = send(&state.client, req, self.body, route).await?;
         let received = (state.local_clock())();
+        let source = route.upstream.authority.as_str();
+        if let Some(date) = gateway::http_date(response.headers()) {
+            state.skew.observe(date, received, source);
+        }
         let idle = state.config.server.idle_timeout;
         let (response, seen) = gateway::inspect(response, idle, |err, status| {
             let cx = HintContext {
@@ -48,10 +52,9 @@ impl Once<'_> {
             codes::hint(err, status, &cx)
         })
         .await;
-        if let Some(t) = seen.server_time {
-            state
-                .skew
-                .observe(t, received, route.upstream.authority.as_str());
+        // A signature-expired message's server time is newer and finer than `Date`.
+        if let Some(t) = seen.error.as_ref().and_then(|e| e.server_time()) {
+            state.skew.observe(t, received, source);
         }
         if let Some(err) = &seen.error {
             state.metrics.gateway_error(&err.code);

@@ -98,7 +98,20 @@ impl Proxy {
 
 /// Starts a proxy from config text; `listen` is forced to 127.0.0.1:0.
 pub async fn start_proxy(toml: &str) -> Proxy {
-    let (daemon, stop) = bound(toml).await;
+    start_proxy_with(toml, test_runtime()).await
+}
+
+/// A runtime whose secrets come from [`TestSources`] (also when re-read).
+pub fn test_runtime() -> modelarts_proxy::state::Runtime {
+    modelarts_proxy::state::Runtime {
+        sources: Arc::new(TestSources),
+        ..Default::default()
+    }
+}
+
+/// As [`start_proxy`], with a given runtime (e.g. a clock of its own).
+pub async fn start_proxy_with(toml: &str, runtime: modelarts_proxy::state::Runtime) -> Proxy {
+    let (daemon, stop) = bound(toml, runtime).await;
     let (tx, stopped) = oneshot::channel();
     let task = tokio::spawn(daemon.run(Once::new(async {
         let _ = stopped.await;
@@ -113,7 +126,7 @@ pub async fn start_proxy(toml: &str) -> Proxy {
 /// As [`start_proxy`], stopped by messages on [`Proxy::signals`] (like
 /// SIGTERM: the first drains, a second cuts the drain short).
 pub async fn start_proxy_with_signals(toml: &str) -> Proxy {
-    let (daemon, proxy) = bound(toml).await;
+    let (daemon, proxy) = bound(toml, test_runtime()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let task = tokio::spawn(daemon.run(rx));
     Proxy {
@@ -124,14 +137,14 @@ pub async fn start_proxy_with_signals(toml: &str) -> Proxy {
 }
 
 /// A bound daemon and its (not yet running) handle.
-async fn bound(toml: &str) -> (Daemon, Proxy) {
+async fn bound(toml: &str, runtime: modelarts_proxy::state::Runtime) -> (Daemon, Proxy) {
     let mut v =
         config::load(toml, &TestSources).unwrap_or_else(|e| panic!("test config invalid: {e:#?}"));
     v.config.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
     if v.config.server.admin_listen.is_some() {
         v.config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     }
-    let state = State::build(v.config).expect("state builds");
+    let state = State::build_with(v.config, runtime, None).expect("state builds");
     let daemon = Daemon::bind(state).await.expect("binds");
     let proxy = Proxy {
         addr: daemon.local_addrs()[0],
