@@ -100,6 +100,12 @@ pub fn http_date(headers: &http::HeaderMap) -> Option<DateTime<Utc>> {
         .map(|d| d.to_utc())
 }
 
+/// The gateway's own id for a request (APIG's `X-Request-Id`, or the
+/// `request_id` of its error body), kept in the response's extensions for
+/// the access log.
+#[derive(Clone, Debug)]
+pub struct GatewayRequestId(pub String);
+
 /// What [`inspect`] found in an answer.
 #[derive(Debug, Default)]
 pub struct Seen {
@@ -137,6 +143,9 @@ where
             parts.headers.insert(HINT_HEADER, v);
         }
         seen.error = Some(err);
+    }
+    if let Some(id) = seen.error.as_ref().and_then(|e| e.request_id.clone()) {
+        parts.extensions.insert(GatewayRequestId(id));
     }
     let body = match rest {
         Some(rest) => Prefixed::new(head, rest).boxed_unsync(),

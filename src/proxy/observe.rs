@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::connection::Connection;
 use crate::body::{IdleTimer, Progress};
 use crate::error::{BoxError, ProxyBody, ProxyError};
+use crate::gateway::GatewayRequestId;
 use crate::metrics::{Done, Metrics};
 use crate::request_id::X_REQUEST_ID;
 
@@ -63,8 +64,9 @@ pub struct Exchange {
     request_body: Option<Arc<Progress>>,
     bytes_out: u64,
     request_id: HeaderValue,
-    /// The upstream's own id (APIG's `X-Request-Id`), when it sent one.
-    upstream_request_id: Option<HeaderValue>,
+    /// The gateway's own id (APIG's `X-Request-Id`, or its error body's
+    /// `request_id`), when it sent one.
+    gateway_request_id: Option<String>,
     finished: bool,
 }
 
@@ -92,7 +94,7 @@ impl Exchange {
             request_body: None,
             bytes_out: 0,
             request_id,
-            upstream_request_id: None,
+            gateway_request_id: None,
             finished: false,
         }
     }
@@ -134,12 +136,15 @@ impl Exchange {
         // The upstream's own id (APIG sends one) goes back as it is and is
         // logged beside ours; otherwise the client gets ours.
         match response.headers().get(&X_REQUEST_ID) {
-            Some(theirs) => self.upstream_request_id = Some(theirs.clone()),
+            Some(theirs) => self.gateway_request_id = theirs.to_str().ok().map(str::to_owned),
             None => {
                 response
                     .headers_mut()
                     .insert(X_REQUEST_ID, self.request_id.clone());
             }
+        }
+        if let Some(GatewayRequestId(id)) = response.extensions_mut().remove() {
+            self.gateway_request_id.get_or_insert(id);
         }
         self.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
@@ -169,14 +174,10 @@ impl Exchange {
         });
         self.conn.request_finished();
         let peer = self.conn.peer().map(|p| p.to_string());
-        let upstream_id = self
-            .upstream_request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok());
         tracing::info!(
             target: "modelarts_proxy::access",
             request_id = self.request_id.to_str().unwrap_or_default(),
-            upstream_request_id = upstream_id.unwrap_or(""),
+            gateway_request_id = self.gateway_request_id.as_deref().unwrap_or(""),
             method = %self.method,
             path = %self.path,
             route = %self.route,
