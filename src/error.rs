@@ -23,7 +23,7 @@ pub const ERROR_HEADER: &str = "x-modelarts-proxy-error";
 pub enum ProxyError {
     #[error(
         "request body is larger than {key} ({}); Huawei API Gateway rejects bodies over 12 MB",
-        bytesize::ByteSize(*limit).display().iec()
+        size(*limit)
     )]
     BodyTooLarge { limit: u64, key: &'static str },
     #[error("no response head from the upstream within {} (timeout)", humantime::format_duration(*.0))]
@@ -156,6 +156,21 @@ const OVERLOADED_RETRY_AFTER: &str = "2";
 /// which is refused earlier as a forward-proxy request).
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
+/// A byte size for people: `12 MiB`, `64 KiB`, `1.5 MiB`, `700 B`.
+pub fn size(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit {
+            let whole = bytes / unit;
+            return if bytes % unit == 0 {
+                format!("{whole} {name}")
+            } else {
+                format!("{:.1} {name}", bytes as f64 / unit as f64)
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
 fn held_for(remaining: Duration) -> String {
     if remaining.is_zero() {
         " while a probe request is out".to_owned()
@@ -168,7 +183,6 @@ fn held_for(remaining: Duration) -> String {
 }
 
 fn overloaded_message(wanted: u64, budget: u64, never_fits: bool) -> String {
-    let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
     if never_fits {
         format!(
             "the request body ({}) is larger than the whole buffer budget (server.buffer_budget = {}); \
@@ -227,8 +241,16 @@ mod tests {
         assert_eq!(v["error"]["request_id"], "0123abcd");
         assert_eq!(
             v["error"]["message"],
-            "request body is larger than max_body (12.0 MiB); Huawei API Gateway rejects bodies over 12 MB"
+            "request body is larger than max_body (12 MiB); Huawei API Gateway rejects bodies over 12 MB"
         );
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size(12 * 1024 * 1024), "12 MiB");
+        assert_eq!(size(64 * 1024), "64 KiB");
+        assert_eq!(size(1536 * 1024), "1.5 MiB");
+        assert_eq!(size(700), "700 B");
     }
 
     #[test]

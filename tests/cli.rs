@@ -662,3 +662,84 @@ async fn a_second_signal_during_the_drain_exits_at_once_with_status_0() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An upstream that answers with the path it was asked for.
+async fn path_echo() -> std::net::SocketAddr {
+    upstream(|req| async move { text_response(200, req.uri().path()) }).await
+}
+
+fn one_route(dir: &std::path::Path, listen: &str, upstream: &str) -> PathBuf {
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = {listen}\n[[route]]\nupstream = \"{upstream}\"\n"),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reloads_the_config_file_when_it_changes() {
+    let dir = temp_dir("watch");
+    let up = path_echo().await;
+    let config = one_route(&dir, "\"127.0.0.1:0\"", &format!("http://{up}/one"));
+    let mut c = cmd(&dir);
+    c.args(["run", "--watch", "-c", config.to_str().unwrap()]);
+    let (mut child, _out, err) = spawn(c);
+    let mut seen = Vec::new();
+    let line = wait_for(&err, "listening on http://", &mut seen);
+    let addr = line.split("http://").nth(1).unwrap().trim().to_owned();
+    assert_eq!(&get(&format!("http://{addr}/")).await.1[..], b"/one");
+    one_route(&dir, "\"127.0.0.1:0\"", &format!("http://{up}/two"));
+    let (err, mut seen) = tokio::task::spawn_blocking(move || {
+        wait_for(&err, "reloaded", &mut seen);
+        (err, seen)
+    })
+    .await
+    .unwrap();
+    assert_eq!(&get(&format!("http://{addr}/")).await.1[..], b"/two");
+    // A broken edit keeps the working config.
+    std::fs::write(&config, "[[route]]\nupstream = \"nope\"\n").unwrap();
+    let err = tokio::task::spawn_blocking(move || {
+        wait_for(&err, "keeps serving", &mut seen);
+        err
+    })
+    .await
+    .unwrap();
+    assert_eq!(&get(&format!("http://{addr}/")).await.1[..], b"/two");
+    drop(err);
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_warns_that_listen_addresses_change_only_on_restart() {
+    let dir = temp_dir("sighup");
+    let up = path_echo().await;
+    let config = one_route(&dir, "\"127.0.0.1:0\"", &format!("http://{up}/one"));
+    let mut c = cmd(&dir);
+    c.args(["run", "-c", config.to_str().unwrap()]);
+    let (mut child, _out, err) = spawn(c);
+    let mut seen = Vec::new();
+    let line = wait_for(&err, "listening on http://", &mut seen);
+    let addr = line.split("http://").nth(1).unwrap().trim().to_owned();
+    one_route(
+        &dir,
+        "[\"127.0.0.1:0\", \"[::1]:0\"]",
+        &format!("http://{up}/two"),
+    );
+    signal(&child, "-HUP");
+    let (warned, err, mut seen) = tokio::task::spawn_blocking(move || {
+        let warned = wait_for(&err, "listen addresses change only on restart", &mut seen);
+        wait_for(&err, "reloaded", &mut seen);
+        (warned, err, seen)
+    })
+    .await
+    .unwrap();
+    assert!(warned.contains("WARN"), "{warned}");
+    assert_eq!(&get(&format!("http://{addr}/")).await.1[..], b"/two");
+    seen.clear();
+    drop(err);
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -121,15 +121,16 @@ async fn insecure_skip_verify_accepts_any_certificate() {
 
 #[test]
 fn a_missing_or_empty_ca_file_is_a_config_error_at_its_key() {
-    let v = modelarts_proxy::config::load(
-        "[upstream_tls]\nca_file = \"/nonexistent/ca.pem\"\n[[route]]\nupstream = \"https://h/\"\n",
+    // Reported by validation, with every other problem (here: a duplicate prefix).
+    let errs = modelarts_proxy::config::load(
+        "[upstream_tls]\nca_file = \"/nonexistent/ca.pem\"\n[[route]]\nupstream = \"https://h/\"\n[[route]]\nupstream = \"https://h/\"\n",
         &TestSources,
     )
-    .unwrap();
-    let errs = modelarts_proxy::state::State::build(v.config)
-        .err()
-        .expect("rejected");
-    assert_eq!(errs.len(), 1);
+    .err()
+    .expect("rejected");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs[0].path, "route");
+    let errs = &errs[1..];
     assert_eq!(errs[0].path, "upstream_tls.ca_file");
     assert!(
         errs[0]

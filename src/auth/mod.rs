@@ -150,7 +150,10 @@ fn start_aksk(label: String, name: &str, a: &AkSkSpec, cx: &Context) -> Provider
         let key = source
             .resolve(&*sources, project_id.clone())
             .map(|key| AkSkCredentials::from(&key))
-            .map_err(|(key, e)| format!("{key}: {e}"))?;
+            .map_err(|problems| {
+                let each: Vec<String> = problems.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+                each.join("; ")
+            })?;
         fixed.reset("the key files changed");
         Ok(key)
     };

@@ -24,6 +24,7 @@ use crate::state::State;
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
+    /// Config file to check (TOML); else MODELARTS_PROXY_CONFIG.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Also send one signed request through each route and report the upstream's answer.

@@ -70,8 +70,24 @@ pub(super) fn env_credentials(auth: Auth, sources: &dyn Sources) -> Option<Table
 }
 
 /// Names flags instead of key paths in errors about a flag-built config.
-pub(super) fn flag_problem(mut p: Problem) -> Problem {
+pub(super) fn flag_problem(p: Problem) -> Problem {
+    name_the_source(p, "--auth")
+}
+
+/// As [`flag_problem`], for `token` (which has no `--auth`): a missing
+/// value is named by its environment variable alone.
+pub(super) fn env_problem(p: Problem) -> Problem {
+    name_the_source(p, "")
+}
+
+/// Names the flag or variable a flag-built config's problem comes from;
+/// `auth` is what to call the credentials' source (`--auth`, or nothing).
+fn name_the_source(mut p: Problem, auth: &str) -> Problem {
     let flag = if p.path.starts_with("server.listen") {
+        p.message = p.message.replace(
+            "Set server.allow_remote = true if that is intended",
+            "Pass --allow-remote if that is intended",
+        );
         "--listen"
     } else if p.path == "server.admin_listen" {
         "--admin-listen"
@@ -89,10 +105,18 @@ pub(super) fn flag_problem(mut p: Problem) -> Problem {
             "iam_endpoint" => Some("HUAWEICLOUD_SDK_IAM_ENDPOINT (or HUAWEICLOUD_SDK_REGION)"),
             _ => None,
         };
-        if let Some(var) = var.filter(|_| p.message.starts_with("is required")) {
-            p.message = format!("set {var}");
+        match var.filter(|_| p.message.starts_with("is required")) {
+            Some(var) => p.message = format!("set {var}"),
+            // e.g. "environment variable HUAWEICLOUD_SDK_AK is not set": already names it.
+            None if auth.is_empty() => {
+                return Problem {
+                    path: String::new(),
+                    ..p
+                };
+            }
+            None => {}
         }
-        "--auth"
+        auth
     } else {
         return p;
     };

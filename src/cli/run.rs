@@ -35,7 +35,14 @@ pub struct RunArgs {
     /// Allow listening on non-loopback addresses.
     #[arg(long, conflicts_with = "config")]
     allow_remote: bool,
+    /// Reload the config file when it changes (as SIGHUP does).
+    #[arg(long, requires = "config")]
+    watch: bool,
 }
+
+/// How often `--watch` looks at the config file: a `stat` a second costs
+/// nothing, and follows the symlink swaps of Kubernetes ConfigMaps.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The one-route config that `run --upstream …` describes, as TOML, so it
 /// goes through exactly the same validation as a file.
@@ -105,11 +112,11 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    serve(state, config_file).await
+    serve(state, config_file, args.watch).await
 }
 
 /// Binds, logs what is served, reloads on SIGHUP, drains on SIGTERM / Ctrl-C.
-pub(super) async fn serve(state: State, config_path: Option<PathBuf>) -> u8 {
+pub(super) async fn serve(state: State, config_path: Option<PathBuf>, watch: bool) -> u8 {
     // Registered before binding, so a SIGTERM during startup is not lost.
     let signals = OsSignals::new();
     let daemon = match Daemon::bind(state).await {
@@ -121,10 +128,31 @@ pub(super) async fn serve(state: State, config_path: Option<PathBuf>) -> u8 {
     };
     log_startup(&daemon);
     if let Some(path) = config_path {
+        if watch {
+            tokio::spawn(reload_on_change(daemon.shared(), path.clone()));
+        }
         tokio::spawn(reload_on_sighup(daemon.shared(), path));
     }
     daemon.run(signals).await;
     0
+}
+
+/// `--watch`: reloads when the file's contents change (read each tick: a
+/// small file, and no trust in modification times).
+async fn reload_on_change(shared: Arc<Shared>, path: PathBuf) {
+    let look = |path: &Path| std::fs::read(path).ok();
+    let mut seen = look(&path);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = look(&path);
+        if now != seen {
+            seen = now;
+            tracing::info!("{} changed (--watch)", path.display());
+            reload(&shared, &path);
+        }
+    }
 }
 
 async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {

@@ -153,7 +153,7 @@ fn signing_credentials(args: &SignArgs, sources: &dyn Sources) -> Result<AkSkCre
     let text = sources
         .read_file(&path)
         .map_err(|e| (EXIT_CONFIG, format!("cannot read {}: {e}", path.display())))?;
-    let v = config::load(&text, sources).map_err(|ps| {
+    let problems = |ps: Vec<config::walk::Problem>| {
         (
             EXIT_CONFIG,
             ps.iter()
@@ -161,27 +161,19 @@ fn signing_credentials(args: &SignArgs, sources: &dyn Sources) -> Result<AkSkCre
                 .collect::<Vec<_>>()
                 .join("\n       "),
         )
-    })?;
+    };
+    let table = config::parse(&text).map_err(problems)?;
     let name = match &args.credentials {
         Some(n) => n.clone(),
-        None => v
-            .config
-            .routes
-            .iter()
-            .find(|r| args.url.starts_with(&r.upstream.url()))
-            .and_then(|r| r.credentials.clone())
-            .or_else(|| {
-                (v.config.credentials.len() == 1)
-                    .then(|| v.config.credentials.keys().next().cloned())
-                    .flatten()
-            })
-            .ok_or_else(|| {
-                usage(
-                    "no route's upstream matches the URL; pick credentials with --credentials NAME"
-                        .into(),
-                )
-            })?,
+        None => config::pick_credentials(&table, Some(&args.url), None).ok_or_else(|| {
+            usage(
+                "no route's upstream matches the URL; pick credentials with --credentials NAME"
+                    .into(),
+            )
+        })?,
     };
+    // Only the credential used is read: another's missing secret is not our problem.
+    let v = config::validate_one(&table, &name, sources).map_err(problems)?;
     match v.config.credentials.get(&name) {
         Some(Credentials::AkSk(c)) => Ok(AkSkCredentials::from(&c.current)),
         Some(other) => Err(usage(format!(
@@ -236,7 +228,8 @@ fn request_parts(
     Ok((headers, body, body_arg))
 }
 
-/// `curl --path-as-is [-X M] 'URL' -H '…'… [--data-binary …]`
+/// `curl -sS --path-as-is [-X M] 'URL' -H '…'… [--data-binary …]` (no
+/// progress meter, errors still shown)
 fn curl_command(
     method: &str,
     url: &str,
@@ -244,7 +237,7 @@ fn curl_command(
     body_arg: Option<&str>,
     no_body: bool,
 ) -> String {
-    let mut curl = String::from("curl --path-as-is");
+    let mut curl = String::from("curl -sS --path-as-is");
     match method {
         "GET" if no_body => {}
         "HEAD" => curl.push_str(" --head"),
@@ -332,7 +325,7 @@ mod tests {
         let (curl, debug) = sign_command(&args, &env(), now).unwrap();
         assert!(
             curl.starts_with(
-                "curl --path-as-is -X POST 'https://h.example.com:443/v1/a%2Fb/./c?q=a+b&flag'"
+                "curl -sS --path-as-is -X POST 'https://h.example.com:443/v1/a%2Fb/./c?q=a+b&flag'"
             ),
             "{curl}"
         );

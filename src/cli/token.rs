@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use toml::{Table, Value};
 
-use super::env::{Auth, env_credentials, flag_problem};
-use super::{EXIT_CONFIG, EXIT_USAGE, config_path, load_file, print_problems};
+use super::env::{Auth, env_credentials, env_problem};
+use super::{EXIT_CONFIG, EXIT_USAGE, config_path, print_problems};
+use crate::config::walk::Problem;
 use crate::config::{self, Credentials};
 use crate::credentials::System;
 
@@ -22,7 +23,10 @@ pub struct TokenArgs {
 
 pub(super) async fn token(args: TokenArgs) -> u8 {
     let (validated, origin) = match config_path(&args.config) {
-        Some(path) => (load_file(&path), path.display().to_string()),
+        Some(path) => (
+            load_token_credentials(&path, args.credentials.as_deref()),
+            path.display().to_string(),
+        ),
         None => {
             let mut root = Table::new();
             let mut all = Table::new();
@@ -36,7 +40,7 @@ pub(super) async fn token(args: TokenArgs) -> u8 {
             route.insert("credentials".into(), "default".into());
             root.insert("route".into(), Value::Array(vec![Value::Table(route)]));
             let v = config::validate(&root, &System)
-                .map_err(|ps| ps.into_iter().map(flag_problem).collect());
+                .map_err(|ps| ps.into_iter().map(env_problem).collect());
             (v, "the environment".to_owned())
         }
     };
@@ -92,5 +96,29 @@ pub(super) async fn token(args: TokenArgs) -> u8 {
             eprintln!("error: {}", e.message);
             1
         }
+    }
+}
+
+/// Reads and validates only the token credentials to use (`--credentials
+/// NAME`, else the only `type = "token"` table): another credential's
+/// missing secret does not stop `token`.
+fn load_token_credentials(
+    path: &std::path::Path,
+    name: Option<&str>,
+) -> Result<config::Validated, Vec<Problem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Problem {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }]
+    })?;
+    let table = config::parse(&text)?;
+    match name
+        .map(str::to_owned)
+        .or_else(|| config::pick_credentials(&table, None, Some("token")))
+    {
+        Some(name) => config::validate_one(&table, &name, &System),
+        // None or several: the whole file, and the checks below say which.
+        None => config::validate(&table, &System),
     }
 }

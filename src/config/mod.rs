@@ -295,25 +295,90 @@ const APIKEY_KEYS: &[&str] = &["type", "app_code", "header", "prefix"];
 /// Parses and validates a config file's text. `sources` reads the
 /// environment and files that secrets refer to.
 pub fn load(text: &str, sources: &dyn Sources) -> Result<Validated, Vec<Problem>> {
-    let table: toml::Table = match text.parse() {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e.message().to_owned();
-            let place = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start].matches('\n').count() + 1;
-                    let col = s.start - text[..s.start].rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!("line {line}, column {col}: ")
-                })
-                .unwrap_or_default();
-            return Err(vec![Problem {
-                path: String::new(),
-                message: format!("{place}invalid TOML: {msg}"),
-            }]);
+    validate(&parse(text)?, sources)
+}
+
+/// Parses config text into a TOML table (the first phase of [`load`]).
+pub fn parse(text: &str) -> Result<toml::Table, Vec<Problem>> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let place = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                let col = s.start - text[..s.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {col}: ")
+            })
+            .unwrap_or_default();
+        vec![Problem {
+            path: String::new(),
+            message: format!("{place}invalid TOML: {}", e.message()),
+        }]
+    })
+}
+
+/// The credentials name a command should use when it is not told: the one
+/// whose route's upstream `url` starts with (for `sign`), else the only
+/// table of `kind` (`"token"`, or any when `None`).
+pub fn pick_credentials(
+    table: &toml::Table,
+    url: Option<&str>,
+    kind: Option<&str>,
+) -> Option<String> {
+    let by_url = url.and_then(|url| {
+        table.get("route")?.as_array()?.iter().find_map(|r| {
+            let up = r.get("upstream")?.as_str()?;
+            url.starts_with(up.trim_end_matches('/'))
+                .then(|| r.get("credentials")?.as_str().map(str::to_owned))
+                .flatten()
+        })
+    });
+    by_url.or_else(|| {
+        let creds = table.get("credentials")?.as_table()?;
+        let mut names = creds.iter().filter(|(_, c)| {
+            kind.is_none_or(|k| c.get("type").and_then(|t| t.as_str()) == Some(k))
+        });
+        let (first, _) = names.next()?;
+        names.next().is_none().then(|| first.clone())
+    })
+}
+
+/// Validates only what one credential needs: `[credentials.{name}]` and
+/// the routes that use it, with `[server]` and `[upstream_tls]`; every other
+/// credential (and its secrets) is left out. For `sign` and `token`.
+pub fn validate_one(
+    table: &toml::Table,
+    name: &str,
+    sources: &dyn Sources,
+) -> Result<Validated, Vec<Problem>> {
+    let mut narrow = toml::Table::new();
+    for key in ["server", "upstream_tls"] {
+        if let Some(v) = table.get(key) {
+            narrow.insert(key.to_owned(), v.clone());
         }
-    };
-    validate(&table, sources)
+    }
+    let mut creds = toml::Table::new();
+    if let Some(c) = table.get("credentials").and_then(|c| c.get(name)) {
+        creds.insert(name.to_owned(), c.clone());
+    }
+    narrow.insert("credentials".to_owned(), Value::Table(creds));
+    let mut routes: Vec<Value> = table
+        .get("route")
+        .and_then(|r| r.as_array())
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| r.get("credentials").and_then(|c| c.as_str()) == Some(name))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if routes.is_empty() {
+        let mut placeholder = toml::Table::new();
+        placeholder.insert("upstream".into(), "http://127.0.0.1/".into());
+        placeholder.insert("credentials".into(), name.into());
+        routes.push(Value::Table(placeholder));
+    }
+    narrow.insert("route".to_owned(), Value::Array(routes));
+    validate(&narrow, sources)
 }
 
 /// Validates a parsed config; see [`load`].
@@ -327,7 +392,7 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
         None => Server::default(),
     };
     let upstream_tls = match root.table(&mut report, "upstream_tls") {
-        Some(s) => upstream_tls(&mut report, &s),
+        Some(s) => upstream_tls(&mut report, &s, sources),
         None => UpstreamTls::default(),
     };
 
@@ -413,7 +478,7 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
     }
 }
 
-fn upstream_tls(report: &mut Report, s: &Section<'_>) -> UpstreamTls {
+fn upstream_tls(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> UpstreamTls {
     check_keys(report, s.table, &s.path, TLS_KEYS);
     let roots = match s.str(report, "roots") {
         None | Some("system") => Roots::System,
@@ -428,6 +493,11 @@ fn upstream_tls(report: &mut Report, s: &Section<'_>) -> UpstreamTls {
         }
     };
     let ca_file = s.str(report, "ca_file").map(PathBuf::from);
+    if let Some(path) = &ca_file
+        && let Err(message) = check_ca_file(path, sources)
+    {
+        report.error(s.key_path("ca_file"), message);
+    }
     if roots == Roots::None && ca_file.is_none() {
         report.error(
             s.key_path("roots"),
@@ -446,6 +516,27 @@ fn upstream_tls(report: &mut Report, s: &Section<'_>) -> UpstreamTls {
         ca_file,
         insecure_skip_verify,
     }
+}
+
+/// A CA file must be readable and hold at least one usable PEM certificate
+/// (checked here, so `check` reports it with every other problem).
+fn check_ca_file(path: &std::path::Path, sources: &dyn Sources) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let text = sources
+        .read_file(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    if roots.add_parsable_certificates(certs).0 == 0 {
+        return Err(format!("{} holds no usable CA certificate", path.display()));
+    }
+    Ok(())
 }
 
 fn route(
@@ -835,8 +926,10 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
             source: key_source,
             breaker_cooldown,
         })),
-        Err((key, message)) => {
-            report.error(s.key_path(key), message);
+        Err(problems) => {
+            for (key, message) in problems {
+                report.error(s.key_path(key), message);
+            }
             None
         }
     }
@@ -848,7 +941,7 @@ impl KeySource {
         &self,
         sources: &dyn Sources,
         project_id: Option<String>,
-    ) -> Result<ResolvedKey, (&'static str, String)> {
+    ) -> Result<ResolvedKey, Vec<(&'static str, String)>> {
         match self {
             KeySource::SdkChain => credentials::from_sdk_chain(sources)
                 .map(|found| ResolvedKey {
@@ -856,13 +949,13 @@ impl KeySource {
                     project_id: project_id.or(found.project_id),
                     origin: found.origin,
                 })
-                .map_err(|e| ("source", e)),
+                .map_err(|e| vec![("source", e)]),
             KeySource::Csv(path) => {
                 let text = sources
                     .read_file(path)
-                    .map_err(|e| ("csv", format!("cannot read {}: {e}", path.display())))?;
+                    .map_err(|e| vec![("csv", format!("cannot read {}: {e}", path.display()))])?;
                 let (access_key, secret_key) = credentials::parse_credentials_csv(&text)
-                    .map_err(|e| ("csv", format!("{}: {e}", path.display())))?;
+                    .map_err(|e| vec![("csv", format!("{}: {e}", path.display()))])?;
                 Ok(ResolvedKey {
                     key: AkSk {
                         access_key,
@@ -878,13 +971,22 @@ impl KeySource {
                 secret_key,
                 security_token,
             } => {
+                // Every missing part at once, not only the first.
                 let ak = access_key.resolve(sources).map_err(|e| ("access_key", e));
                 let sk = secret_key.resolve(sources).map_err(|e| ("secret_key", e));
                 let token = security_token
                     .as_ref()
                     .map(|t| t.resolve(sources).map_err(|e| ("security_token", e)))
-                    .transpose()?;
-                let (ak, sk) = (ak?, sk?);
+                    .transpose();
+                let (ak, sk, token) = match (ak, sk, token) {
+                    (Ok(ak), Ok(sk), Ok(token)) => (ak, sk, token),
+                    (ak, sk, token) => {
+                        return Err([ak.err(), sk.err(), token.err()]
+                            .into_iter()
+                            .flatten()
+                            .collect());
+                    }
+                };
                 Ok(ResolvedKey {
                     key: AkSk {
                         access_key: ak.expose().trim().to_owned(),

@@ -500,3 +500,55 @@ fn a_remote_listener_without_allow_clients_or_require_header_is_warned_about() {
         "{small:?}"
     );
 }
+
+#[test]
+fn both_missing_keys_are_reported_not_only_the_first() {
+    let errs = errors(
+        "[[route]]\nupstream = \"https://h/\"\ncredentials = \"k\"\n[credentials.k]\ntype = \"aksk\"\naccess_key = { env = \"NO_AK\" }\nsecret_key = { env = \"NO_SK\" }\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "credentials.k.access_key: environment variable NO_AK is not set",
+            "credentials.k.secret_key: environment variable NO_SK is not set",
+        ]
+    );
+}
+
+#[test]
+fn one_credential_is_validated_alone_for_sign_and_token() {
+    let text = r#"
+[[route]]
+prefix = "/a"
+upstream = "https://a.example.com/v1"
+credentials = "good"
+[[route]]
+prefix = "/b"
+upstream = "https://b.example.com/v1"
+credentials = "broken"
+[credentials.good]
+type = "aksk"
+access_key = { env = "AK" }
+secret_key = { env = "SK" }
+[credentials.broken]
+type = "token"
+iam_endpoint = "https://iam.example.com"
+user = "u"
+domain = "d"
+project = "p"
+password = { env = "UNSET_PASSWORD" }
+"#;
+    assert!(load(text, &env()).is_err(), "the whole file has a problem");
+    let table = parse(text).unwrap();
+    let name = pick_credentials(&table, Some("https://a.example.com/v1/infers/x"), None);
+    assert_eq!(name.as_deref(), Some("good"));
+    let v = validate_one(&table, "good", &env()).unwrap();
+    assert_eq!(v.config.credentials.len(), 1);
+    assert_eq!(
+        pick_credentials(&table, None, Some("token")).as_deref(),
+        Some("broken")
+    );
+    let errs = validate_one(&table, "broken", &env()).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "credentials.broken.password");
+}
