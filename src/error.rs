@@ -161,7 +161,7 @@ pub fn size(bytes: u64) -> String {
     for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
         if bytes >= unit {
             let whole = bytes / unit;
-            return if bytes % unit == 0 {
+            return if bytes.is_multiple_of(unit) {
                 format!("{whole} {name}")
             } else {
                 format!("{:.1} {name}", bytes as f64 / unit as f64)
