@@ -126,8 +126,7 @@ fn a_missing_or_empty_ca_file_is_a_config_error_at_its_key() {
         "[upstream_tls]\nca_file = \"/nonexistent/ca.pem\"\n[[route]]\nupstream = \"https://h/\"\n[[route]]\nupstream = \"https://h/\"\n",
         &TestSources,
     )
-    .err()
-    .expect("rejected");
+    .expect_err("rejected");
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert_eq!(errs[0].path, "route");
     let errs = &errs[1..];
