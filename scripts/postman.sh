@@ -12,7 +12,7 @@ BIN=${1:-$ROOT/target/debug/modelarts-proxy}
 command -v newman >/dev/null || { echo "newman is not installed (npm install -g newman)" >&2; exit 1; }
 
 out=$(mktemp)
-"$BIN" dev --listen 127.0.0.1:0 >"$out" 2>/dev/null &
+"$BIN" dev --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$out" 2>/dev/null &
 dev=$!
 trap 'kill "$dev" 2>/dev/null || true; rm -f "$out"' EXIT
 

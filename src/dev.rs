@@ -435,6 +435,10 @@ impl StandIn {
             }
         }
         match accepted {
+            Some(_) if wants_stream(parts, body) => {
+                self.stats.accepted.fetch_add(1, Ordering::SeqCst);
+                server_sent_events()
+            }
             Some(auth) => {
                 self.stats.accepted.fetch_add(1, Ordering::SeqCst);
                 json(StatusCode::OK, echo(parts, body, auth))
@@ -662,6 +666,51 @@ fn iam_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
 const REDACTED_HEADERS: &[&str] = crate::headers::CREDENTIAL_HEADERS;
 
 /// What the service received, as JSON.
+/// Events the stand-in streams for a streaming request, and the pause
+/// between them: enough to watch them arrive one by one.
+const SSE_EVENTS: usize = 5;
+const SSE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A streaming request, as LLM services take it: `Accept:
+/// text/event-stream`, or a JSON body with `"stream": true`.
+fn wants_stream(parts: &http::request::Parts, body: &Bytes) -> bool {
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    accept
+        || serde_json::from_slice::<serde_json::Value>(body)
+            .is_ok_and(|v| v.get("stream") == Some(&serde_json::Value::Bool(true)))
+}
+
+/// `data: {"index":i,"text":…}` events, [`SSE_INTERVAL`] apart, then `data: [DONE]`.
+fn server_sent_events() -> Response<ProxyBody> {
+    let (mut tx, events) =
+        http_body_util::channel::Channel::<Bytes, crate::error::BoxError>::new(1);
+    tokio::spawn(async move {
+        for i in 0..SSE_EVENTS {
+            let event = format!(
+                "data: {}\n\n",
+                serde_json::json!({"index": i, "text": format!("token {i} from the stand-in")})
+            );
+            if tx.send_data(Bytes::from(event)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(SSE_INTERVAL).await;
+        }
+        let _ = tx.send_data(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let mut resp = Response::new(events.boxed_unsync());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
 fn echo(parts: &http::request::Parts, body: &Bytes, auth: Auth) -> serde_json::Value {
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {

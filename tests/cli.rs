@@ -220,24 +220,52 @@ fn usage_errors_exit_64_and_config_errors_78() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `NAME='value'` lines of a dev `--env-file`, as a map.
+fn env_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+/// The `http://ADDR` after `label` in the dev banner.
+fn banner_addr(out: &mpsc::Receiver<String>, label: &str, seen: &mut Vec<String>) -> String {
+    let line = wait_for(out, label, seen);
+    line.split("http://")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_runs_the_whole_flow_with_no_cloud_account() {
     let dir = temp_dir("dev");
+    let envs = dir.join("dev.env");
     let mut c = cmd(&dir);
-    c.args(["dev", "--listen", "127.0.0.1:0"]);
+    c.args([
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--env-file",
+    ])
+    .arg(&envs);
     let (mut child, out, _err) = spawn(c);
-    let mut seen = Vec::new();
-    let line = tokio::task::spawn_blocking(move || wait_for(&out, "proxy:", &mut seen))
-        .await
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let (addr, admin) = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let addr = banner_addr(&out, "proxy:", &mut seen);
+        let admin = banner_addr(&out, "admin:", &mut seen);
+        (addr, admin)
+    })
+    .await
+    .unwrap();
     let req = request("POST", &format!("http://{addr}/"))
         .header("content-type", "application/json")
         .body(body("{\"prompt\":\"hello\"}"))
@@ -245,6 +273,126 @@ async fn dev_mode_runs_the_whole_flow_with_no_cloud_account() {
     let (parts, bytes) = send(req).await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!(json(&bytes)["verified"], true);
+    assert_eq!(
+        &get(&format!("http://{admin}/healthz")).await.1[..],
+        b"ok\n"
+    );
+
+    // Server-sent events, one by one, through the proxy.
+    let req = request("POST", &format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body("{\"stream\":true}"))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut events = resp.into_body();
+    let mut frames = 0;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut events).await {
+        if frame.unwrap().into_data().is_ok() {
+            frames += 1;
+        }
+    }
+    assert!(
+        frames >= 6,
+        "five events and [DONE], each in its own frame: {frames}"
+    );
+
+    // The env file: secrets, owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&envs).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let vars = env_file(&envs);
+    for name in [
+        "HUAWEICLOUD_SDK_AK",
+        "HUAWEICLOUD_SDK_SK",
+        "APIG_APP_CODE",
+        "HUAWEICLOUD_IAM_USER",
+        "HUAWEICLOUD_IAM_PASSWORD",
+        "HUAWEICLOUD_IAM_DOMAIN",
+        "HUAWEICLOUD_IAM_PROJECT",
+        "HUAWEICLOUD_SDK_IAM_ENDPOINT",
+        "MODELARTS_DEV_SERVICE_URL",
+    ] {
+        assert!(
+            vars.get(name).is_some_and(|v| !v.is_empty()),
+            "no {name} in {vars:?}"
+        );
+    }
+    let service = vars["MODELARTS_DEV_SERVICE_URL"].clone();
+    let with_env = |c: &mut Command| {
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+    };
+
+    // sign: its curl command, run as printed, is accepted by the stand-in.
+    let mut sign = cmd(&dir);
+    with_env(&mut sign);
+    let out = sign
+        .args(["sign", "-X", "POST", "-d", "{\"a\":1}", &service])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let curl = String::from_utf8(out.stdout).unwrap();
+    let answer = Command::new("sh").arg("-c").arg(&curl).output().unwrap();
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    assert!(answer.contains("\"verified\":true"), "{curl}\n{answer}");
+
+    // token: a token from the stand-in IAM.
+    let mut token = cmd(&dir);
+    with_env(&mut token);
+    let out = token.arg("token").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("MII"));
+
+    // check --online, with a config naming the stand-in.
+    let config = dir.join("dev.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nupstream = \"{service}\"\ncredentials = \"demo\"\n[credentials.demo]\ntype = \"aksk\"\nsource = \"env\"\n"
+        ),
+    )
+    .unwrap();
+    let mut check = cmd(&dir);
+    with_env(&mut check);
+    let out = check
+        .args(["check", "--online", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // run: a second proxy from the environment alone.
+    let mut run = cmd(&dir);
+    with_env(&mut run);
+    run.args(["run", "--upstream", &service, "--listen", "127.0.0.1:0"]);
+    let (mut second, _out, err) = spawn(run);
+    let line = tokio::task::spawn_blocking(move || {
+        wait_for(&err, "listening on http://", &mut Vec::new())
+    })
+    .await
+    .unwrap();
+    let second_addr = line.split("http://").nth(1).unwrap().trim().to_owned();
+    let (parts, bytes) = get(&format!("http://{second_addr}/")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert!(terminate(&mut second).success());
     assert!(terminate(&mut child).success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
