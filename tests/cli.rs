@@ -891,3 +891,58 @@ async fn sighup_reloads_and_warns_that_listen_addresses_change_only_on_restart()
     assert!(terminate(&mut child).success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runs_from_the_environment_alone_and_probes_itself() {
+    let dir = temp_dir("container");
+    let up = path_echo().await;
+    let mut c = cmd(&dir);
+    c.env("MODELARTS_PROXY_UPSTREAM", format!("http://{up}/x"))
+        .env("MODELARTS_PROXY_AUTH", "none")
+        .env("MODELARTS_PROXY_LISTEN", "127.0.0.1:0")
+        .env("MODELARTS_PROXY_ADMIN_LISTEN", "127.0.0.1:0")
+        .arg("run");
+    let (mut child, _out, err) = spawn(c);
+    let (listen, admin) = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let listen = wait_for(&err, "listening on http://", &mut seen);
+        let admin = wait_for(&err, "admin endpoints on http://", &mut seen);
+        (listen, admin)
+    })
+    .await
+    .unwrap();
+    let addr = |l: &str| {
+        l.split("http://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        &get(&format!("http://{}/", addr(&listen))).await.1[..],
+        b"/x"
+    );
+    let probe = |url: String| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || cmd(&dir).args(["probe", &url]).output().unwrap())
+    };
+    let ok = probe(format!("http://{}/healthz", addr(&admin)))
+        .await
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = probe(format!("http://{closed}/healthz")).await.unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

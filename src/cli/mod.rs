@@ -8,6 +8,7 @@
 mod check;
 mod dev;
 mod env;
+mod probe;
 mod run;
 mod sign;
 mod token;
@@ -78,6 +79,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Run a stand-in ModelArts service and IAM that verify credentials, with the proxy in front.
     Dev(dev::DevArgs),
+    /// GET a URL and exit 0 on a 2xx answer (a health check for images without curl).
+    Probe(probe::ProbeArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -108,6 +111,7 @@ pub fn main() -> ExitCode {
             Command::Sign(args) => sign::sign(args),
             Command::Token(args) => token::token(args).await,
             Command::Dev(args) => dev::dev(args).await,
+            Command::Probe(args) => probe::probe(args).await,
         }
     });
     ExitCode::from(code)

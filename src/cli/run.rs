@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use clap::ValueEnum;
 use toml::{Table, Value};
 
 use super::env::{Auth, env_credentials, flag_problem};
@@ -27,8 +28,8 @@ pub struct RunArgs {
     /// How to authenticate: aksk (HUAWEICLOUD_SDK_AK / _SK, or ~/.huaweicloud/credentials),
     /// token (HUAWEICLOUD_IAM_USER / _PASSWORD / _DOMAIN / _PROJECT, HUAWEICLOUD_SDK_REGION),
     /// apikey (APIG_APP_CODE) or none.
-    #[arg(long, value_enum, default_value_t = Auth::Aksk, conflicts_with = "config")]
-    auth: Auth,
+    #[arg(long, value_enum, conflicts_with = "config")]
+    auth: Option<Auth>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, conflicts_with = "config", value_name = "ADDR")]
     admin_listen: Option<String>,
@@ -40,29 +41,82 @@ pub struct RunArgs {
     watch: bool,
 }
 
+/// Without a config file, `run`'s flags may also come from the environment
+/// (a container's only input): each is read when its flag is not given.
+pub const ENV_UPSTREAM: &str = "MODELARTS_PROXY_UPSTREAM";
+/// Comma-separated addresses, like repeated `--listen`.
+pub const ENV_LISTEN: &str = "MODELARTS_PROXY_LISTEN";
+/// `aksk`, `token`, `apikey` or `none`, like `--auth`.
+pub const ENV_AUTH: &str = "MODELARTS_PROXY_AUTH";
+pub const ENV_ADMIN_LISTEN: &str = "MODELARTS_PROXY_ADMIN_LISTEN";
+/// `true` or `1`, like `--allow-remote`.
+pub const ENV_ALLOW_REMOTE: &str = "MODELARTS_PROXY_ALLOW_REMOTE";
+
+/// The one-route settings of `run` without a config file: the flags, each
+/// falling back to its environment variable.
+#[derive(Debug)]
+struct OneRoute {
+    upstream: String,
+    listen: Vec<String>,
+    auth: Auth,
+    admin_listen: Option<String>,
+    allow_remote: bool,
+}
+
+impl OneRoute {
+    fn from(args: &RunArgs, sources: &dyn Sources) -> Result<Option<OneRoute>, String> {
+        let env = |name: &str| sources.env(name).filter(|v| !v.trim().is_empty());
+        let Some(upstream) = args.upstream.clone().or_else(|| env(ENV_UPSTREAM)) else {
+            return Ok(None);
+        };
+        let auth = match (&args.auth, env(ENV_AUTH)) {
+            (Some(a), _) => *a,
+            (None, Some(text)) => Auth::from_str(text.trim(), true)
+                .map_err(|_| format!("{ENV_AUTH}={text:?}: must be aksk, token, apikey or none"))?,
+            (None, None) => Auth::Aksk,
+        };
+        let listen = if args.listen.is_empty() {
+            env(ENV_LISTEN)
+                .map(|v| v.split(',').map(|a| a.trim().to_owned()).collect())
+                .unwrap_or_default()
+        } else {
+            args.listen.clone()
+        };
+        let allow_remote = args.allow_remote
+            || env(ENV_ALLOW_REMOTE).is_some_and(|v| matches!(v.trim(), "true" | "1" | "yes"));
+        Ok(Some(OneRoute {
+            upstream,
+            listen,
+            auth,
+            admin_listen: args.admin_listen.clone().or_else(|| env(ENV_ADMIN_LISTEN)),
+            allow_remote,
+        }))
+    }
+}
+
 /// How often `--watch` looks at the config file: a `stat` a second costs
 /// nothing, and follows the symlink swaps of Kubernetes ConfigMaps.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The one-route config that `run --upstream …` describes, as TOML, so it
 /// goes through exactly the same validation as a file.
-fn flags_config(args: &RunArgs, upstream: &str, sources: &dyn Sources) -> Table {
+fn flags_config(one: &OneRoute, sources: &dyn Sources) -> Table {
     let mut server = Table::new();
-    if !args.listen.is_empty() {
+    if !one.listen.is_empty() {
         server.insert(
             "listen".into(),
-            Value::Array(args.listen.iter().cloned().map(Value::String).collect()),
+            Value::Array(one.listen.iter().cloned().map(Value::String).collect()),
         );
     }
-    if let Some(a) = &args.admin_listen {
+    if let Some(a) = &one.admin_listen {
         server.insert("admin_listen".into(), Value::String(a.clone()));
     }
-    server.insert("allow_remote".into(), Value::Boolean(args.allow_remote));
+    server.insert("allow_remote".into(), Value::Boolean(one.allow_remote));
     let mut route = Table::new();
     route.insert("prefix".into(), "/".into());
-    route.insert("upstream".into(), upstream.into());
+    route.insert("upstream".into(), one.upstream.as_str().into());
     let mut root = Table::new();
-    if let Some(creds) = env_credentials(args.auth, sources) {
+    if let Some(creds) = env_credentials(one.auth, sources) {
         route.insert("credentials".into(), "default".into());
         let mut all = Table::new();
         all.insert("default".into(), Value::Table(creds));
@@ -74,15 +128,26 @@ fn flags_config(args: &RunArgs, upstream: &str, sources: &dyn Sources) -> Table 
 }
 
 pub(super) async fn run(args: RunArgs) -> u8 {
-    // Flags win over MODELARTS_PROXY_CONFIG; `-c` with `--upstream` is refused by clap.
+    // -c, then --upstream, then MODELARTS_PROXY_CONFIG, then MODELARTS_PROXY_UPSTREAM
+    // (`-c` with `--upstream` is refused by clap).
     let config_file = match &args.upstream {
         Some(_) => None,
         None => config_path(&args.config),
     };
-    let (validated, origin) = match (&config_file, &args.upstream) {
+    let one = match config_file {
+        Some(_) => None,
+        None => match OneRoute::from(&args, &System) {
+            Ok(one) => one,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let (validated, origin) = match (&config_file, &one) {
         (Some(path), _) => (load_file(path), path.display().to_string()),
-        (None, Some(upstream)) => (
-            config::validate(&flags_config(&args, upstream, &System), &System)
+        (None, Some(one)) => (
+            config::validate(&flags_config(one, &System), &System)
                 .map_err(|ps| ps.into_iter().map(flag_problem).collect()),
             "the command line".to_owned(),
         ),
@@ -248,7 +313,8 @@ mod tests {
             Command::Run(a) => a,
             other => panic!("{other:?}"),
         };
-        let errs: Vec<String> = config::validate(&flags_config(&args, "ftp://x", &env()), &env())
+        let one = OneRoute::from(&args, &env()).unwrap().unwrap();
+        let errs: Vec<String> = config::validate(&flags_config(&one, &env()), &env())
             .unwrap_err()
             .into_iter()
             .map(|p| flag_problem(p).to_string())
@@ -261,6 +327,39 @@ mod tests {
         assert!(
             errs[1].starts_with("--listen: 0.0.0.0:80 is not a loopback address"),
             "{errs:?}"
+        );
+        assert!(errs[1].contains("Pass --allow-remote"), "{errs:?}");
+    }
+
+    #[test]
+    fn without_flags_the_environment_describes_the_route() {
+        let args = match Cli::try_parse_from(["m", "run"]).unwrap().command {
+            Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            OneRoute::from(&args, &env()).unwrap().is_none(),
+            "nothing to serve"
+        );
+        let container = env()
+            .with_env(ENV_UPSTREAM, "https://h.example.com/v1/infers/x")
+            .with_env(ENV_LISTEN, "0.0.0.0:8080, [::]:8080")
+            .with_env(ENV_AUTH, "apikey")
+            .with_env(ENV_ADMIN_LISTEN, "0.0.0.0:9901")
+            .with_env(ENV_ALLOW_REMOTE, "true");
+        let one = OneRoute::from(&args, &container).unwrap().unwrap();
+        assert_eq!(one.upstream, "https://h.example.com/v1/infers/x");
+        assert_eq!(one.listen, ["0.0.0.0:8080", "[::]:8080"]);
+        assert_eq!(one.auth, Auth::Apikey);
+        assert_eq!(one.admin_listen.as_deref(), Some("0.0.0.0:9901"));
+        assert!(one.allow_remote);
+        let bad = env()
+            .with_env(ENV_UPSTREAM, "https://h/")
+            .with_env(ENV_AUTH, "kerberos");
+        assert!(
+            OneRoute::from(&args, &bad)
+                .unwrap_err()
+                .contains("MODELARTS_PROXY_AUTH")
         );
     }
 }
