@@ -26,4 +26,9 @@ for _ in $(seq 1 150); do
 done
 [ -n "$proxy" ] || { echo "modelarts-proxy dev did not start" >&2; exit 1; }
 
-newman run "$ROOT/deploy/postman/modelarts-proxy.postman_collection.json" --env-var "proxy=$proxy" --color off
+# The environment beside the collection names the file to upload; --env-var
+# points it at the proxy dev started.
+newman run "$ROOT/deploy/postman/modelarts-proxy.postman_collection.json" \
+  --environment "$ROOT/deploy/postman/modelarts-proxy.postman_environment.json" \
+  --working-dir "$ROOT/deploy/postman" \
+  --env-var "proxy=$proxy" --color off

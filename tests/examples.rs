@@ -59,3 +59,46 @@ fn the_reference_config_shows_every_server_key() {
         );
     }
 }
+
+/// The `config.toml: |` blocks of the Kubernetes manifests' ConfigMaps.
+fn configmap_configs(yaml: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = yaml.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim_end() == "  config.toml: |" {
+            let mut block = String::new();
+            while let Some(next) = lines.peek() {
+                if !next.is_empty() && !next.starts_with("    ") {
+                    break;
+                }
+                block.push_str(next.strip_prefix("    ").unwrap_or(""));
+                block.push('\n');
+                lines.next();
+            }
+            out.push(block);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_configs_in_the_kubernetes_manifests_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        for text in configmap_configs(&std::fs::read_to_string(&path).unwrap()) {
+            match config::load(&text, &Everything) {
+                Ok(v) => assert!(
+                    v.warnings.is_empty(),
+                    "{}: {:?}",
+                    path.display(),
+                    v.warnings
+                ),
+                Err(e) => panic!("{} holds an invalid config: {e:#?}", path.display()),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "found only {checked} configs");
+}

@@ -7,11 +7,16 @@
 pub const RESERVED_FDS: u64 = 64;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as Go and nginx do)
-/// and returns the soft limit now in force.
+/// and returns the soft limit now in force (the current one if raising is
+/// not allowed, e.g. under a seccomp filter).
 pub fn raise_fd_limit() -> Option<u64> {
     #[cfg(unix)]
     {
-        rlimit::increase_nofile_limit(u64::MAX).ok()
+        rlimit::increase_nofile_limit(u64::MAX).ok().or_else(|| {
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        })
     }
     #[cfg(not(unix))]
     {
