@@ -946,3 +946,26 @@ async fn a_container_runs_from_the_environment_alone_and_probes_itself() {
     assert!(terminate(&mut child).success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn token_without_a_config_names_the_missing_variables_not_a_flag() {
+    let dir = temp_dir("token-env");
+    let out = cmd(&dir)
+        .env("HUAWEICLOUD_IAM_USER", "alice")
+        .arg("token")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("--auth"),
+        "token has no --auth flag:\n{stderr}"
+    );
+    for want in [
+        "error: set HUAWEICLOUD_IAM_DOMAIN",
+        "error: environment variable HUAWEICLOUD_IAM_PASSWORD is not set",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
