@@ -10,6 +10,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/debug/modelarts-proxy}
+# systemd wants an absolute path.
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 KUBERNETES_VALIDATE=1.31.0
 KUBERNETES=1.31.0
 
