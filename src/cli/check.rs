@@ -91,7 +91,10 @@ pub(super) async fn check(args: CheckArgs) -> u8 {
 async fn check_online(mut state: State) -> u8 {
     let failed_credentials = fetch_expiring(&state).await;
     let mut failed = failed_credentials.len();
-    state.config.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    state.config.server.listen = vec![crate::config::Listen::Tcp(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    )))];
     state.config.server.admin_listen = None;
     // Routes whose credential failed above are not probed (they would only wait and 503).
     let mut prefixes: Vec<String> = Vec::new();

@@ -171,8 +171,8 @@ fn describe_auth(route: &config::Route, config: &config::Config) -> String {
 fn log_startup(daemon: &Daemon) {
     let shared = daemon.shared();
     let state = shared.state.load();
-    for addr in daemon.local_addrs() {
-        tracing::info!("listening on http://{addr}");
+    for listening in daemon.listening() {
+        tracing::info!("listening on {listening}");
     }
     if let Some(addr) = daemon.admin_addr() {
         tracing::info!("admin endpoints on http://{addr} (/healthz /readyz /metrics)");

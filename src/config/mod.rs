@@ -8,8 +8,8 @@ pub mod server;
 pub mod walk;
 
 pub use server::{
-    DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, RequireHeader,
-    Server, address,
+    DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, Listen,
+    RequireHeader, Server, address,
 };
 
 use std::collections::BTreeMap;

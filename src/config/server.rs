@@ -61,11 +61,50 @@ pub const KEYS: &[&str] = &[
     "shutdown_delay",
     "max_header_bytes",
     "clock_skew_correction",
+    "unix_mode",
 ];
+
+/// The file mode of a `unix:` listener's socket: owner and group.
+pub const DEFAULT_UNIX_MODE: u32 = 0o660;
+
+/// Where a listener listens: a TCP address, or a Unix socket path
+/// (`unix:/run/modelarts-proxy/proxy.sock`, DESIGN §10).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Ok(Listen::Unix(path.into())),
+            Some(_) => Err(format!(
+                "{text:?}: a Unix socket needs an absolute path, e.g. \"unix:/run/modelarts-proxy/proxy.sock\""
+            )),
+            None => text.parse().map(Listen::Tcp).map_err(|_| {
+                format!(
+                    "invalid address {text:?}; write IP:PORT, e.g. \"127.0.0.1:8080\", or unix:/path"
+                )
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     pub admin_listen: Option<SocketAddr>,
     pub allow_remote: bool,
     pub max_body: u64,
@@ -84,6 +123,8 @@ pub struct Server {
     pub max_header_bytes: usize,
     /// Sign with the gateway's clock when ours is measured to differ (DESIGN §9).
     pub clock_skew_correction: bool,
+    /// File mode of `unix:` listeners' sockets.
+    pub unix_mode: u32,
 }
 
 impl Default for Server {
@@ -105,6 +146,7 @@ impl Default for Server {
             shutdown_delay: Duration::ZERO,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             clock_skew_correction: true,
+            unix_mode: DEFAULT_UNIX_MODE,
         }
     }
 }
@@ -173,6 +215,7 @@ pub(super) fn server(report: &mut Report, s: &Section<'_>, sources: &dyn Sources
         clock_skew_correction: s
             .bool(report, "clock_skew_correction")
             .unwrap_or(d.clock_skew_correction),
+        unix_mode: unix_mode(report, s).unwrap_or(d.unix_mode),
     };
     if server.allow_remote && server.allow_clients.is_none() && server.require_header.is_none() {
         report.warn(
@@ -190,11 +233,11 @@ pub(super) fn server(report: &mut Report, s: &Section<'_>, sources: &dyn Sources
     server
 }
 
-fn listen(report: &mut Report, s: &Section<'_>, allow_remote: bool) -> Option<Vec<SocketAddr>> {
+fn listen(report: &mut Report, s: &Section<'_>, allow_remote: bool) -> Option<Vec<Listen>> {
     let path = s.key_path("listen");
     match s.get("listen")? {
         Value::String(a) => Some(
-            address(report, &path, a, allow_remote)
+            listener(report, &path, a, allow_remote)
                 .into_iter()
                 .collect(),
         ),
@@ -209,7 +252,7 @@ fn listen(report: &mut Report, s: &Section<'_>, allow_remote: bool) -> Option<Ve
                 .filter_map(|(i, v)| {
                     let path = format!("{path}[{i}]");
                     match v {
-                        Value::String(a) => address(report, &path, a, allow_remote),
+                        Value::String(a) => listener(report, &path, a, allow_remote),
                         other => {
                             report.error(
                                 path,
@@ -230,6 +273,35 @@ fn listen(report: &mut Report, s: &Section<'_>, allow_remote: bool) -> Option<Ve
                 ),
             );
             Some(Vec::new())
+        }
+    }
+}
+
+/// A `listen` entry: a Unix socket path, or a TCP address (see [`address`]).
+fn listener(report: &mut Report, path: &str, text: &str, allow_remote: bool) -> Option<Listen> {
+    if text.starts_with("unix:") {
+        return match text.parse::<Listen>() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                report.error(path, e);
+                None
+            }
+        };
+    }
+    address(report, path, text, allow_remote).map(Listen::Tcp)
+}
+
+/// `unix_mode = "0660"`: an octal file mode.
+fn unix_mode(report: &mut Report, s: &Section<'_>) -> Option<u32> {
+    let text = s.str(report, "unix_mode")?;
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Some(mode),
+        _ => {
+            report.error(
+                s.key_path("unix_mode"),
+                format!("{text:?} is not an octal file mode such as \"0660\""),
+            );
+            None
         }
     }
 }

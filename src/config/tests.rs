@@ -1,6 +1,5 @@
 use super::*;
 use crate::credentials::fake::FakeSources;
-use std::net::SocketAddr;
 
 fn env() -> FakeSources {
     FakeSources::default()
@@ -34,7 +33,7 @@ fn minimal_config_gets_the_gateway_defaults() {
     assert_eq!(c.server, Server::default());
     assert_eq!(
         c.server.listen,
-        ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        ["127.0.0.1:8080".parse::<Listen>().unwrap()]
     );
     assert_eq!(c.server.max_body, 12 * 1024 * 1024);
     assert_eq!(c.server.timeout, Duration::from_secs(40));
@@ -551,4 +550,32 @@ password = { env = "UNSET_PASSWORD" }
     let errs = validate_one(&table, "broken", &env()).unwrap_err();
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].path, "credentials.broken.password");
+}
+
+#[test]
+fn unix_socket_listeners_parse_and_bad_ones_are_named() {
+    let v = load(
+        &format!("[server]\nlisten = [\"unix:/run/p.sock\", \"127.0.0.1:8080\"]\nunix_mode = \"0600\"\n{MINIMAL}"),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(
+        v.config.server.listen[0],
+        Listen::Unix("/run/p.sock".into())
+    );
+    assert_eq!(v.config.server.listen[0].to_string(), "unix:/run/p.sock");
+    assert_eq!(v.config.server.unix_mode, 0o600);
+    let errs = errors(&format!(
+        "[server]\nlisten = [\"unix:relative.sock\"]\nunix_mode = \"rw-rw----\"\n{MINIMAL}"
+    ));
+    assert!(
+        errs[0].starts_with(
+            "server.listen[0]: \"unix:relative.sock\": a Unix socket needs an absolute path"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("server.unix_mode: \"rw-rw----\" is not an octal file mode"),
+        "{errs:?}"
+    );
 }

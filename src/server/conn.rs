@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Server;
@@ -88,15 +87,17 @@ fn builder(server: &Server) -> auto::Builder<TokioExecutor> {
 
 /// Serves one client connection until it ends or is closed; the slot is
 /// given back when it returns.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub async fn serve<I>(
+    stream: I,
+    peer: Option<SocketAddr>,
     slot: OwnedSemaphorePermit,
     guard: Arc<Guard>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let metrics = guard.shared.metrics.clone();
     metrics.connections_open.inc();
-    let info = Arc::new(Connection::new(Some(peer)));
+    let info = Arc::new(Connection::new(peer));
     let server = guard.shared.state.load().config.server.clone();
     let service = {
         let (shared, info) = (guard.shared.clone(), info.clone());
@@ -142,7 +143,7 @@ pub async fn serve(
 /// Why a connection that hyper finished on its own ended.
 fn ended(
     result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 ) -> &'static str {
     let Err(e) = result else {
         return "client";
@@ -154,6 +155,7 @@ fn ended(
         Some(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => "client",
         _ => "io_error",
     };
+    let peer = peer.map_or_else(|| "unix socket".to_owned(), |p| p.to_string());
     if matches!(reason, "bad_request" | "header_too_large") {
         // hyper has already answered the malformed request (400 / 431) itself.
         tracing::info!(%peer, reason, "malformed request refused by the HTTP parser: {e}");

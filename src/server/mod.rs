@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod conn;
 pub mod limits;
+pub mod listener;
 pub mod signals;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::state::{Shared, State};
 use conn::{Guard, Phase};
 use limits::AcceptErrors;
+use listener::{Listener, Stream};
 pub use signals::{Once, OsSignals, Signals};
 
 /// After a failed `accept` (e.g. out of file descriptors), wait this long
@@ -28,7 +30,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// A bound daemon, ready to [`run`](Daemon::run).
 pub struct Daemon {
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     max_connections: usize,
 }
@@ -39,8 +41,9 @@ impl Daemon {
     /// `server.max_connections` (with a warning) to what fits in it.
     pub async fn bind(state: State) -> Result<Daemon, String> {
         let mut listeners = Vec::new();
-        for addr in &state.config.server.listen {
-            listeners.push(bind(*addr).await?);
+        let unix_mode = state.config.server.unix_mode;
+        for listen in &state.config.server.listen {
+            listeners.push(Listener::bind(listen, unix_mode).await?);
         }
         let admin = match state.config.server.admin_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -66,12 +69,17 @@ impl Daemon {
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The TCP addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(Listener::tcp_addr)
             .collect()
+    }
+
+    /// Every listener, as `http://ADDR` or `unix:/path`.
+    pub fn listening(&self) -> Vec<String> {
+        self.listeners.iter().map(Listener::describe).collect()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -179,7 +187,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 /// Accepts while a connection slot is free; at `max_connections`, stops
 /// accepting (connections wait in the kernel's backlog) and signals
 /// pressure, so idle connections make room.
-async fn accept_loop(listener: TcpListener, guard: Arc<Guard>) {
+async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
     let mut errors = AcceptErrors::default();
     let mut at_limit_logged = false;
     loop {
@@ -204,15 +212,20 @@ async fn accept_loop(listener: TcpListener, guard: Arc<Guard>) {
             }
         };
         match listener.accept().await {
-            Ok((stream, peer)) => {
+            Ok(stream) => {
                 if let Some(line) = errors.succeeded() {
                     tracing::warn!("{line}");
                 }
                 if guard.slots.available_permits() > guard.max / 10 {
                     at_limit_logged = false;
                 }
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(conn::serve(stream, peer, slot, guard.clone()));
+                match stream {
+                    Stream::Tcp(s, peer) => {
+                        tokio::spawn(conn::serve(s, Some(peer), slot, guard.clone()))
+                    }
+                    // A Unix socket's clients are whoever its file mode lets in.
+                    Stream::Unix(s) => tokio::spawn(conn::serve(s, None, slot, guard.clone())),
+                };
             }
             Err(e) => {
                 guard.shared.metrics.accept_errors.inc();

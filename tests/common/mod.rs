@@ -111,7 +111,7 @@ pub fn test_runtime() -> modelarts_proxy::state::Runtime {
 
 /// As [`start_proxy`], with a given runtime (e.g. a clock of its own).
 pub async fn start_proxy_with(toml: &str, runtime: modelarts_proxy::state::Runtime) -> Proxy {
-    let (daemon, stop) = bound(toml, runtime).await;
+    let (daemon, stop) = bound(toml, runtime, true).await;
     let (tx, stopped) = oneshot::channel();
     let task = tokio::spawn(daemon.run(Once::new(async {
         let _ = stopped.await;
@@ -126,7 +126,7 @@ pub async fn start_proxy_with(toml: &str, runtime: modelarts_proxy::state::Runti
 /// As [`start_proxy`], stopped by messages on [`Proxy::signals`] (like
 /// SIGTERM: the first drains, a second cuts the drain short).
 pub async fn start_proxy_with_signals(toml: &str) -> Proxy {
-    let (daemon, proxy) = bound(toml, test_runtime()).await;
+    let (daemon, proxy) = bound(toml, test_runtime(), true).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let task = tokio::spawn(daemon.run(rx));
     Proxy {
@@ -136,18 +136,44 @@ pub async fn start_proxy_with_signals(toml: &str) -> Proxy {
     }
 }
 
-/// A bound daemon and its (not yet running) handle.
-async fn bound(toml: &str, runtime: modelarts_proxy::state::Runtime) -> (Daemon, Proxy) {
+/// As [`start_proxy`], listening where the config says (e.g. a Unix socket
+/// in a temporary directory); `addr` is the first TCP listener, if any.
+pub async fn start_proxy_as_configured(toml: &str) -> Proxy {
+    let (daemon, stop) = bound(toml, test_runtime(), false).await;
+    let (tx, stopped) = oneshot::channel();
+    let task = tokio::spawn(daemon.run(Once::new(async {
+        let _ = stopped.await;
+    })));
+    Proxy {
+        stop: Some(tx),
+        task,
+        ..stop
+    }
+}
+
+/// A bound daemon and its (not yet running) handle; `loopback_port_0`
+/// replaces the configured listeners with 127.0.0.1:0.
+async fn bound(
+    toml: &str,
+    runtime: modelarts_proxy::state::Runtime,
+    loopback_port_0: bool,
+) -> (Daemon, Proxy) {
     let mut v =
         config::load(toml, &TestSources).unwrap_or_else(|e| panic!("test config invalid: {e:#?}"));
-    v.config.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    if loopback_port_0 {
+        v.config.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    }
     if v.config.server.admin_listen.is_some() {
         v.config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     }
     let state = State::build_with(v.config, runtime, None).expect("state builds");
     let daemon = Daemon::bind(state).await.expect("binds");
     let proxy = Proxy {
-        addr: daemon.local_addrs()[0],
+        addr: daemon
+            .local_addrs()
+            .first()
+            .copied()
+            .unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
         admin: daemon.admin_addr(),
         shared: daemon.shared(),
         stop: None,
