@@ -77,7 +77,7 @@ impl State {
         runtime: Runtime,
         previous: Option<&State>,
     ) -> Result<State, Vec<Problem>> {
-        let client = crate::client::build(&config.upstream_tls).map_err(|message| {
+        let client = crate::client::build(&config.upstream_tls, &config.egress).map_err(|message| {
             vec![Problem {
                 path: "upstream_tls.ca_file".to_owned(),
                 message,

@@ -58,7 +58,7 @@ pub(super) async fn check(args: CheckArgs) -> u8 {
         })
         .collect();
     // Offline: the TLS settings are checked, nothing is fetched.
-    if let Err(message) = crate::client::build(&config.upstream_tls) {
+    if let Err(message) = crate::client::build(&config.upstream_tls, &config.egress) {
         print_problems(
             &[Problem {
                 path: "upstream_tls.ca_file".to_owned(),
@@ -72,6 +72,7 @@ pub(super) async fn check(args: CheckArgs) -> u8 {
     for line in &summary {
         println!("{line}");
     }
+    println!("  egress {}", config.egress.describe());
     if args.online {
         return match State::build(config) {
             Ok(state) => check_online(state).await,

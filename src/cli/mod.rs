@@ -185,4 +185,5 @@ fn log_startup(daemon: &Daemon) {
             route.upstream.url()
         );
     }
+    tracing::info!("egress {}", state.config.egress.describe());
 }

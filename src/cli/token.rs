@@ -79,7 +79,7 @@ pub(super) async fn token(args: TokenArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let client = match crate::client::build(&config.upstream_tls) {
+    let client = match crate::client::build(&config.upstream_tls, &config.egress) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

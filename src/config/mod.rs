@@ -5,8 +5,10 @@
 //! collecting *every* problem with its key path. The runtime never sees TOML.
 
 pub mod server;
+pub mod upstream;
 pub mod walk;
 
+pub use upstream::{Egress, EgressProxy, Http2, Roots, UpstreamTls, redact_userinfo};
 pub use server::{
     DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, Listen,
     RequireHeader, Server, address,
@@ -33,6 +35,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub credentials: BTreeMap<String, Credentials>,
     pub upstream_tls: UpstreamTls,
+    /// Direct, or through an egress HTTP proxy (`[upstream_proxy]` or the
+    /// `HTTPS_PROXY` family of variables).
+    pub egress: Egress,
 }
 
 /// How an AK/SK route treats the body (DESIGN §6).
@@ -224,28 +229,6 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 /// APIG's API-key header.
 pub const DEFAULT_APP_CODE_HEADER: &str = "x-apig-appcode";
 
-/// How the proxy trusts upstream TLS certificates.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UpstreamTls {
-    pub roots: Roots,
-    /// Extra PEM CA certificates, e.g. a private CA in front of a test gateway.
-    pub ca_file: Option<PathBuf>,
-    /// Off only for debugging; `check` warns.
-    pub insecure_skip_verify: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Roots {
-    /// The operating system's store, falling back to the built-in Mozilla
-    /// roots when it is empty (distroless images).
-    #[default]
-    System,
-    /// Only the built-in Mozilla roots (webpki-roots).
-    Webpki,
-    /// No public roots: only `ca_file`.
-    None,
-}
-
 /// The outcome of validation: the config, or every error; warnings either way.
 #[derive(Debug)]
 pub struct Validated {
@@ -254,7 +237,13 @@ pub struct Validated {
 }
 
 /// Top-level keys.
-const TOP_KEYS: &[&str] = &["server", "route", "credentials", "upstream_tls"];
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "route",
+    "credentials",
+    "upstream_tls",
+    "upstream_proxy",
+];
 const ROUTE_KEYS: &[&str] = &[
     "prefix",
     "upstream",
@@ -264,7 +253,6 @@ const ROUTE_KEYS: &[&str] = &[
     "timeout",
     "max_body",
 ];
-const TLS_KEYS: &[&str] = &["roots", "ca_file", "insecure_skip_verify"];
 const AKSK_KEYS: &[&str] = &[
     "type",
     "access_key",
@@ -351,7 +339,7 @@ pub fn validate_one(
     sources: &dyn Sources,
 ) -> Result<Validated, Vec<Problem>> {
     let mut narrow = toml::Table::new();
-    for key in ["server", "upstream_tls"] {
+    for key in ["server", "upstream_tls", "upstream_proxy"] {
         if let Some(v) = table.get(key) {
             narrow.insert(key.to_owned(), v.clone());
         }
@@ -391,8 +379,10 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
         Some(s) => server::server(&mut report, &s, sources),
         None => Server::default(),
     };
+    let file_proxy = root.table(&mut report, "upstream_proxy");
+    let egress = upstream::egress(&mut report, file_proxy.as_ref(), sources);
     let upstream_tls = match root.table(&mut report, "upstream_tls") {
-        Some(s) => upstream_tls(&mut report, &s, sources),
+        Some(s) => upstream::upstream_tls(&mut report, &s, sources),
         None => UpstreamTls::default(),
     };
 
@@ -469,6 +459,7 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
                 routes,
                 credentials,
                 upstream_tls,
+                egress,
             },
             warnings: report.warnings,
         })
@@ -476,67 +467,6 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
         report.errors.sort_by(|a, b| a.path.cmp(&b.path));
         Err(report.errors)
     }
-}
-
-fn upstream_tls(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> UpstreamTls {
-    check_keys(report, s.table, &s.path, TLS_KEYS);
-    let roots = match s.str(report, "roots") {
-        None | Some("system") => Roots::System,
-        Some("webpki") => Roots::Webpki,
-        Some("none") => Roots::None,
-        Some(other) => {
-            report.error(
-                s.key_path("roots"),
-                format!("must be \"system\", \"webpki\" or \"none\", not {other:?}"),
-            );
-            Roots::System
-        }
-    };
-    let ca_file = s.str(report, "ca_file").map(PathBuf::from);
-    if let Some(path) = &ca_file
-        && let Err(message) = check_ca_file(path, sources)
-    {
-        report.error(s.key_path("ca_file"), message);
-    }
-    if roots == Roots::None && ca_file.is_none() {
-        report.error(
-            s.key_path("roots"),
-            "\"none\" needs upstream_tls.ca_file, or no https upstream can be trusted",
-        );
-    }
-    let insecure_skip_verify = s.bool(report, "insecure_skip_verify").unwrap_or(false);
-    if insecure_skip_verify {
-        report.warn(
-            s.key_path("insecure_skip_verify"),
-            "upstream certificates are not verified: anyone on the path can read your requests",
-        );
-    }
-    UpstreamTls {
-        roots,
-        ca_file,
-        insecure_skip_verify,
-    }
-}
-
-/// A CA file must be readable and hold at least one usable PEM certificate
-/// (checked here, so `check` reports it with every other problem).
-fn check_ca_file(path: &std::path::Path, sources: &dyn Sources) -> Result<(), String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let text = sources
-        .read_file(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(text.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    if roots.add_parsable_certificates(certs).0 == 0 {
-        return Err(format!("{} holds no usable CA certificate", path.display()));
-    }
-    Ok(())
 }
 
 fn route(

@@ -579,3 +579,84 @@ fn unix_socket_listeners_parse_and_bad_ones_are_named() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn egress_comes_from_the_variables_in_either_case_with_credentials_kept_secret() {
+    let sources = env()
+        .with_env("https_proxy", "http://alice:p%40ss@proxy.corp:3128")
+        .with_env("HTTP_PROXY", "proxy.corp:8080")
+        .with_env("no_proxy", "internal.example.com,10.0.0.0/8");
+    let e = load(MINIMAL, &sources).unwrap().config.egress;
+    let https = e.https.as_ref().unwrap();
+    assert_eq!(https.url, "http://proxy.corp:3128/");
+    assert_eq!(https.username.as_deref(), Some("alice"));
+    assert_eq!(https.password.as_ref().unwrap().expose(), "p@ss");
+    assert_eq!(e.http.as_ref().unwrap().url, "http://proxy.corp:8080/");
+    assert!(e.http.as_ref().unwrap().username.is_none());
+    assert_eq!(e.no_proxy, "internal.example.com,10.0.0.0/8");
+    let line = e.describe();
+    assert!(line.contains("https via proxy.corp:3128 with basic auth"), "{line}");
+    assert!(!line.contains("p@ss") && !format!("{e:?}").contains("p@ss"), "{line}");
+
+    let all = env().with_env("ALL_PROXY", "http://proxy.corp:3128");
+    let e = load(MINIMAL, &all).unwrap().config.egress;
+    assert_eq!(e.https, e.http);
+    assert!(e.https.is_some());
+    assert_eq!(load(MINIMAL, &env()).unwrap().config.egress.describe(), "direct");
+}
+
+#[test]
+fn upstream_proxy_in_the_file_wins_and_its_problems_are_named() {
+    let sources = env()
+        .with_env("HTTPS_PROXY", "http://env-proxy:1")
+        .with_env("PROXY_PASSWORD", "hunter2");
+    let v = load(
+        &format!(
+            "[upstream_proxy]\nurl = \"http://proxy.corp:3128\"\nusername = \"svc\"\n\
+             password = {{ env = \"PROXY_PASSWORD\" }}\nno_proxy = [\".internal\", \"10.0.0.0/8\"]\n{MINIMAL}"
+        ),
+        &sources,
+    )
+    .unwrap();
+    let e = v.config.egress;
+    assert_eq!(e.origin, "upstream_proxy");
+    assert_eq!(e.https.as_ref().unwrap().url, "http://proxy.corp:3128/");
+    assert_eq!(e.https.as_ref().unwrap().password.as_ref().unwrap().expose(), "hunter2");
+    assert_eq!(e.no_proxy, ".internal,10.0.0.0/8");
+
+    let errs = errors(&format!(
+        "[upstream_proxy]\nurl = \"https://u:leaked@proxy.corp\"\npassword = \"x\"\nno_proxy = \"a\"\nport = 1\n{MINIMAL}"
+    ));
+    let all = errs.join("\n");
+    assert!(all.contains("upstream_proxy.port"), "{all}");
+    assert!(all.contains("upstream_proxy.url: an http:// proxy URL with a host is needed: \"https://***@proxy.corp\""), "{all}");
+    assert!(all.contains("upstream_proxy.password: needs a username"), "{all}");
+    assert!(all.contains("upstream_proxy.no_proxy: expected a list of hosts"), "{all}");
+    assert!(!all.contains("leaked"), "{all}");
+}
+
+#[test]
+fn a_bad_proxy_variable_is_an_error_naming_it_without_its_password() {
+    let sources = env().with_env("HTTPS_PROXY", "socks5://bob:topsecret@proxy.corp:1080");
+    let errs: Vec<String> = load(MINIMAL, &sources)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("HTTPS_PROXY: only http:// egress proxies are supported"), "{errs:?}");
+    assert!(errs[0].ends_with("socks5://***@proxy.corp:1080"), "{errs:?}");
+    assert!(!errs[0].contains("topsecret"));
+}
+
+#[test]
+fn upstream_http2_is_auto_by_default_and_checked() {
+    assert_eq!(load(MINIMAL, &env()).unwrap().config.upstream_tls.http2, Http2::Auto);
+    let v = load(&format!("[upstream_tls]\nhttp2 = \"http1\"\n{MINIMAL}"), &env()).unwrap();
+    assert_eq!(v.config.upstream_tls.http2, Http2::Http1);
+    let errs = errors(&format!("[upstream_tls]\nhttp2 = \"h2c\"\n{MINIMAL}"));
+    assert_eq!(
+        errs,
+        ["upstream_tls.http2: must be \"auto\", \"http1\" or \"http2\", not \"h2c\""]
+    );
+}

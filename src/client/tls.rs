@@ -1,46 +1,23 @@
-//! The one shared, pooled upstream client: hyper-util's legacy `Client` over
-//! rustls, HTTP/1.1, with system (or Mozilla) roots plus an optional CA file.
+//! Upstream certificate trust: the root store and the `insecure_skip_verify`
+//! verifier.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::{Roots, UpstreamTls};
-use crate::error::ProxyBody;
 
-/// The upstream client type.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// Idle pooled connections are closed after this long. APIG's front end
-/// keeps idle connections for about 60 s; closing ours first avoids sending
-/// a request on a connection the gateway is closing.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-
-/// What one upstream connection reads ahead of a client that is slow to
-/// take it (hyper's default is about 400 KiB): memory per streaming response.
-const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
-
-/// TCP connect attempts give up after this long (the request `timeout`
-/// still bounds the whole exchange).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Builds the client. Fails with a message naming the CA file when it
-/// cannot be read or holds no certificate.
-pub fn build(tls: &UpstreamTls) -> Result<HttpClient, String> {
+/// The rustls client settings (ALPN is set by the connector builder).
+pub(super) fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let config = if tls.insecure_skip_verify {
+    Ok(if tls.insecure_skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(
@@ -51,22 +28,7 @@ pub fn build(tls: &UpstreamTls) -> Result<HttpClient, String> {
         builder
             .with_root_certificates(roots(tls)?)
             .with_no_client_auth()
-    };
-
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(https))
+    })
 }
 
 fn roots(tls: &UpstreamTls) -> Result<RootCertStore, String> {
@@ -138,8 +100,3 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// Keeps `CryptoProvider` in the public signature stable for callers that
-/// want to reuse the same provider (tests building TLS servers).
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}

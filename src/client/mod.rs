@@ -1,0 +1,140 @@
+//! The one shared, pooled upstream client: hyper-util's legacy `Client` over
+//! rustls, with system (or Mozilla) roots plus an optional CA file, HTTP/2
+//! when the upstream offers it by ALPN, and the egress proxy rules under TLS.
+
+mod egress;
+mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, header};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::crypto::CryptoProvider;
+
+pub use egress::{EgressError, Rules, Way};
+
+use crate::config::{Egress, Http2, UpstreamTls};
+use crate::error::ProxyBody;
+
+type Pool = Client<HttpsConnector<egress::Connector>, ProxyBody>;
+
+/// The upstream client: cheap to clone, one connection pool per clone
+/// family (IAM, metadata and proxied requests share it).
+#[derive(Clone)]
+pub struct HttpClient {
+    /// Every ordinary request: h2 or HTTP/1.1 as `[upstream_tls] http2` says.
+    pool: Pool,
+    /// WebSocket handshakes: HTTP/1.1 only (an upgrade has no h2 form here).
+    upgrades: Pool,
+    rules: Arc<Rules>,
+}
+
+impl HttpClient {
+    /// Sends `req` (absolute URI), adding `Proxy-Authorization` when it goes
+    /// to an egress proxy in absolute form.
+    pub fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
+        self.pool.request(self.authorize(req))
+    }
+
+    /// Sends an `Upgrade` handshake over HTTP/1.1.
+    pub fn upgrade(&self, req: Request<ProxyBody>) -> ResponseFuture {
+        self.upgrades.request(self.authorize(req))
+    }
+
+    /// How `dst` is reached (for logs and `check`).
+    pub fn way<'a>(&'a self, dst: &http::Uri) -> Way<'a> {
+        self.rules.way(dst)
+    }
+
+    fn authorize(&self, mut req: Request<ProxyBody>) -> Request<ProxyBody> {
+        if let Some(auth) = self.rules.forward_authorization(req.uri()) {
+            req.headers_mut()
+                .insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
+        req
+    }
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
+/// Idle pooled connections are closed after this long. APIG's front end
+/// keeps idle connections for about 60 s; closing ours first avoids sending
+/// a request on a connection the gateway is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// What one upstream connection reads ahead of a client that is slow to
+/// take it (hyper's default is about 400 KiB): memory per streaming response.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
+/// TCP connect attempts give up after this long (the request `timeout`
+/// still bounds the whole exchange).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An idle h2 connection is pinged this often, and dropped when a ping goes
+/// unanswered for [`H2_PING_TIMEOUT`], so a dead path is found before a
+/// request is sent on it.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the client. Fails with a message naming the CA file when it
+/// cannot be read or holds no certificate.
+pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
+    let config = tls::client_config(tls)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let rules = Arc::new(Rules::new(egress));
+    let connector = egress::Connector::new(http, rules.clone());
+
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.clone())
+        .https_or_http();
+    let https = match tls.http2 {
+        Http2::Auto => https.enable_all_versions().wrap_connector(connector.clone()),
+        Http2::Http1 => https.enable_http1().wrap_connector(connector.clone()),
+        Http2::Http2 => https.enable_http2().wrap_connector(connector.clone()),
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_keep_alive_interval(H2_PING_INTERVAL)
+        .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+        .http2_adaptive_window(true)
+        .http2_only(tls.http2 == Http2::Http2);
+    let pool = builder.build(https);
+
+    let upgrades = Client::builder(TokioExecutor::new())
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector),
+        );
+    Ok(HttpClient {
+        pool,
+        upgrades,
+        rules,
+    })
+}
+
+/// Keeps `CryptoProvider` in the public signature stable for callers that
+/// want to reuse the same provider (tests building TLS servers).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
