@@ -77,12 +77,13 @@ impl State {
         runtime: Runtime,
         previous: Option<&State>,
     ) -> Result<State, Vec<Problem>> {
-        let client = crate::client::build(&config.upstream_tls, &config.egress).map_err(|message| {
-            vec![Problem {
-                path: "upstream_tls.ca_file".to_owned(),
-                message,
-            }]
-        })?;
+        let client =
+            crate::client::build(&config.upstream_tls, &config.egress).map_err(|message| {
+                vec![Problem {
+                    path: "upstream_tls.ca_file".to_owned(),
+                    message,
+                }]
+            })?;
         let clock = if config.server.clock_skew_correction {
             runtime.skew.corrected(runtime.clock.clone())
         } else {

@@ -443,7 +443,7 @@ async fn a_stalled_metadata_answer_is_a_failure_not_a_hang() {
         }
     })
     .await;
-    let client = modelarts_proxy::client::build(&Default::default()).unwrap();
+    let client = modelarts_proxy::client::build(&Default::default(), &Default::default()).unwrap();
     let endpoint: http::Uri = format!("http://{metadata}/openstack/latest/securitykey")
         .parse()
         .unwrap();

@@ -969,3 +969,97 @@ fn token_without_a_config_names_the_missing_variables_not_a_flag() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_proxy_passwords_never_reach_logs_even_at_trace_level() {
+    use base64::Engine;
+    const EGRESS_PASSWORD: &str = "egress-PASS-never-log-me";
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("alice:{EGRESS_PASSWORD}"))
+    );
+    let dir = temp_dir("egress-leak");
+    let pki = common::pki::pki(&["service.test"]);
+    let tls = common::pki::tls_upstream(&pki, &[b"h2", b"http/1.1"], |_req| async {
+        text_response(200, "tls via tunnel")
+    })
+    .await;
+    let plain = stand_in().await;
+    let tunnel = common::egress::egress_proxy(tls.addr, Some(basic.clone())).await;
+    let forward = common::egress::egress_proxy(plain, Some(basic.clone())).await;
+    let ca = pki.ca_file("egress-leak");
+    let config = dir.join("egress.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream_tls]\nca_file = \"{}\"\n\
+             [[route]]\nprefix = \"/tls\"\nupstream = \"https://service.test:{}/\"\n\
+             [[route]]\nprefix = \"/plain\"\nupstream = \"http://plain.test:{}/v1/infers/svc\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}",
+            ca.display(),
+            tls.addr.port(),
+            plain.port()
+        ),
+    )
+    .unwrap();
+    let with_env = |mut c: Command| {
+        c.env("TEST_AK", AK)
+            .env("TEST_SK", SK)
+            .env("RUST_LOG", "trace")
+            .env(
+                "HTTPS_PROXY",
+                format!("http://alice:{EGRESS_PASSWORD}@{}", tunnel.addr),
+            )
+            .env(
+                "http_proxy",
+                format!("http://alice:{EGRESS_PASSWORD}@{}", forward.addr),
+            );
+        c
+    };
+    let mut check = with_env(cmd(&dir));
+    let checked = check.args(["check", "-c"]).arg(&config).output().unwrap();
+    let mut output = String::from_utf8_lossy(&checked.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success(), "{output}");
+    assert!(
+        output.contains(&format!("egress https via {} with basic auth", tunnel.addr)),
+        "{output}"
+    );
+
+    let mut run = with_env(cmd(&dir));
+    run.args(["run", "-c"]).arg(&config);
+    let (mut child, _out, err) = spawn(run);
+    let (listen, err, mut logs) = tokio::task::spawn_blocking(move || {
+        let mut logs = Vec::new();
+        let listen = wait_for(&err, "listening on http://", &mut logs);
+        (listen, err, logs)
+    })
+    .await
+    .unwrap();
+    let proxy = listen.split("http://").nth(1).unwrap().trim().to_owned();
+    let (parts, bytes) = get(&format!("http://{proxy}/tls/x")).await;
+    assert_eq!(
+        (parts.status.as_u16(), &bytes[..]),
+        (200, &b"tls via tunnel"[..])
+    );
+    let (parts, bytes) = get(&format!("http://{proxy}/plain/predict")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert!(!String::from_utf8_lossy(&bytes).contains(&basic[6..]));
+    assert_eq!(tunnel.seen()[0].method, "CONNECT");
+    assert_eq!(forward.seen()[0].method, "GET");
+
+    assert!(terminate(&mut child).success());
+    logs.extend(err.iter());
+    let logs = logs.join("\n") + &output;
+    assert!(logs.contains("TRACE"), "trace logging was on");
+    assert!(
+        logs.contains("egress https via"),
+        "the egress line is logged"
+    );
+    for secret in [EGRESS_PASSWORD, &basic[6..]] {
+        assert!(
+            !logs.contains(secret),
+            "the egress password reached the logs"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,73 +1,23 @@
 //! HTTPS upstreams: certificates are verified by default; a private CA can be
-//! trusted with `upstream_tls.ca_file`.
+//! trusted with `upstream_tls.ca_file`; HTTP/2 is spoken when the upstream
+//! offers it by ALPN (`upstream_tls.http2`), over a handful of connections.
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
+use common::pki::{self, TestPki, tls_upstream};
 use common::*;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::TcpListener;
 
-struct TestPki {
-    ca_pem: String,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: PrivateKeyDer<'static>,
-}
-
-/// A throwaway CA and a server certificate for `localhost`, made per run.
-fn pki() -> TestPki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    TestPki {
-        ca_pem: ca.pem(),
-        server_chain: vec![server.der().clone()],
-        server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-    }
-}
-
-/// An HTTPS upstream on 127.0.0.1 that answers "tls ok".
+/// An HTTPS upstream on 127.0.0.1 (HTTP/1.1) that answers "tls ok".
 async fn https_upstream(pki: &TestPki) -> SocketAddr {
-    let config =
-        rustls::ServerConfig::builder_with_provider(modelarts_proxy::client::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
-            .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc =
-                    service_fn(|_req| async { Ok::<_, Infallible>(text_response(200, "tls ok")) });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    tls_upstream(pki, &[], |_req| async { text_response(200, "tls ok") })
+        .await
+        .addr
+}
+
+fn pki() -> TestPki {
+    pki::pki(&["localhost"])
 }
 
 #[tokio::test]
@@ -138,4 +88,137 @@ fn a_missing_or_empty_ca_file_is_a_config_error_at_its_key() {
         "{}",
         errs[0].message
     );
+}
+
+/// An upstream offering `alpn` that answers with the HTTP version it spoke
+/// and the Host it saw, and a proxy in `http2` mode in front of it.
+async fn versioned(alpn: &[&[u8]], http2: &str) -> (Proxy, pki::TlsUpstream) {
+    let pki = pki();
+    let upstream = tls_upstream(&pki, alpn, |req| async move {
+        let host = req
+            .headers()
+            .get("host")
+            .map(|h| h.to_str().unwrap().to_owned())
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        text_response(200, &format!("{:?} {host}", req.version()))
+    })
+    .await;
+    let ca = pki.ca_file(&format!("h2-{http2}-{}", alpn.len()));
+    let proxy = start_proxy(&format!(
+        "[upstream_tls]\nroots = \"none\"\nca_file = \"{}\"\nhttp2 = \"{http2}\"\n\
+         [[route]]\nupstream = \"https://localhost:{}/v1\"\n",
+        ca.display(),
+        upstream.addr.port()
+    ))
+    .await;
+    (proxy, upstream)
+}
+
+async fn version_seen(proxy: &Proxy) -> String {
+    let (parts, bytes) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn auto_speaks_h2_when_offered_and_multiplexes_a_run_over_one_connection() {
+    let (proxy, upstream) = versioned(&[b"h2", b"http/1.1"], "auto").await;
+    let port = upstream.addr.port();
+    for _ in 0..10 {
+        assert_eq!(
+            version_seen(&proxy).await,
+            format!("HTTP/2.0 localhost:{port}")
+        );
+    }
+    let concurrent: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get(proxy.url("/").leak())))
+        .collect();
+    for c in concurrent {
+        assert_eq!(c.await.unwrap().0.status, 200);
+    }
+    assert_eq!(upstream.connections(), 1, "30 requests, one h2 connection");
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_http1_and_reuses_its_connections() {
+    for alpn in [&[b"http/1.1" as &[u8]][..], &[]] {
+        let (proxy, upstream) = versioned(alpn, "auto").await;
+        for _ in 0..10 {
+            assert!(
+                version_seen(&proxy)
+                    .await
+                    .starts_with("HTTP/1.1 localhost:")
+            );
+        }
+        assert_eq!(
+            upstream.connections(),
+            1,
+            "sequential requests reuse one connection"
+        );
+    }
+}
+
+#[tokio::test]
+async fn http1_mode_never_offers_h2() {
+    let (proxy, _upstream) = versioned(&[b"h2", b"http/1.1"], "http1").await;
+    assert!(version_seen(&proxy).await.starts_with("HTTP/1.1 "));
+}
+
+#[tokio::test]
+async fn http2_mode_refuses_an_http1_only_upstream_with_502() {
+    let (proxy, _upstream) = versioned(&[b"http/1.1"], "http2").await;
+    let (parts, bytes) = get(&proxy.url("/")).await;
+    assert_proxy_error(&parts, &bytes, 502, "upstream_unreachable");
+    let (proxy, _upstream) = versioned(&[b"h2"], "http2").await;
+    assert!(version_seen(&proxy).await.starts_with("HTTP/2.0 "));
+}
+
+#[tokio::test]
+async fn ak_sk_signatures_verify_over_h2() {
+    use http_body_util::BodyExt;
+    let pki = pki();
+    let upstream = tls_upstream(&pki, &[b"h2", b"http/1.1"], |req| async move {
+        let (parts, incoming) = req.into_parts();
+        let bytes = incoming.collect().await.unwrap().to_bytes();
+        let verdict = modelarts_proxy::signer::verify::verify(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &bytes,
+            |ak| (ak == AK).then(key),
+            chrono::Utc::now(),
+            chrono::Duration::minutes(15),
+        );
+        match verdict {
+            Ok(_) => text_response(200, &format!("{:?} signed ok", parts.version)),
+            Err(e) => text_response(401, &format!("{:?} {e}", parts.version)),
+        }
+    })
+    .await;
+    let ca = pki.ca_file("h2-aksk");
+    let proxy = start_proxy(&format!(
+        "[upstream_tls]\nroots = \"none\"\nca_file = \"{}\"\n\
+         [[route]]\nupstream = \"https://localhost:{}/v1/infers/svc\"\ncredentials = \"test\"\npayload = \"signed\"\n{TEST_CREDENTIALS}",
+        ca.display(),
+        upstream.addr.port()
+    ))
+    .await;
+    for (method, data) in [("GET", ""), ("POST", "{\"input\":[1,2,3]}")] {
+        let (parts, bytes) = send(
+            request(method, &proxy.url("/predict?b=2&a=1"))
+                .header("content-type", "application/json")
+                .body(body(data))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (
+                parts.status.as_u16(),
+                String::from_utf8_lossy(&bytes).as_ref()
+            ),
+            (200, "HTTP/2.0 signed ok"),
+            "{method}"
+        );
+    }
 }

@@ -53,7 +53,8 @@ impl Proxy {
     fn new(p: &EgressProxy) -> Proxy {
         let authorization = p.username.as_ref().map(|user| {
             let pass = p.password.as_ref().map(|s| s.expose()).unwrap_or("");
-            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
             let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
                 .expect("base64 is a valid header value");
             value.set_sensitive(true);
@@ -309,8 +310,14 @@ mod tests {
     #[test]
     fn https_tunnels_http_forwards_and_no_proxy_goes_direct() {
         let r = rules("internal.example.com, 10.0.0.0/8");
-        assert_eq!(way(&r, "https://infer.example.com/v1"), "tunnel http://proxy.corp:3128/");
-        assert_eq!(way(&r, "http://infer.example.com/v1"), "forward http://proxy.corp:3128/");
+        assert_eq!(
+            way(&r, "https://infer.example.com/v1"),
+            "tunnel http://proxy.corp:3128/"
+        );
+        assert_eq!(
+            way(&r, "http://infer.example.com/v1"),
+            "forward http://proxy.corp:3128/"
+        );
         assert_eq!(way(&r, "https://a.internal.example.com/"), "direct");
         assert_eq!(way(&r, "https://10.1.2.3/"), "direct");
     }
@@ -327,7 +334,10 @@ mod tests {
         ] {
             assert_eq!(way(&r, dst), "direct", "{dst}");
         }
-        assert_eq!(way(&r, "http://169.255.0.1/"), "forward http://proxy.corp:3128/");
+        assert_eq!(
+            way(&r, "http://169.255.0.1/"),
+            "forward http://proxy.corp:3128/"
+        );
     }
 
     #[test]
@@ -339,8 +349,14 @@ mod tests {
         assert_eq!(auth, "Basic YWxpY2U6czNjcmV0");
         assert!(auth.is_sensitive());
         assert!(!format!("{auth:?}").contains("YWxp"));
-        assert!(r.forward_authorization(&"https://infer.example.com/".parse().unwrap()).is_none());
-        assert!(r.forward_authorization(&"http://127.0.0.1/".parse().unwrap()).is_none());
+        assert!(
+            r.forward_authorization(&"https://infer.example.com/".parse().unwrap())
+                .is_none()
+        );
+        assert!(
+            r.forward_authorization(&"http://127.0.0.1/".parse().unwrap())
+                .is_none()
+        );
     }
 
     #[test]

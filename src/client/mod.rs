@@ -99,7 +99,9 @@ pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
         .with_tls_config(config.clone())
         .https_or_http();
     let https = match tls.http2 {
-        Http2::Auto => https.enable_all_versions().wrap_connector(connector.clone()),
+        Http2::Auto => https
+            .enable_all_versions()
+            .wrap_connector(connector.clone()),
         Http2::Http1 => https.enable_http1().wrap_connector(connector.clone()),
         Http2::Http2 => https.enable_http2().wrap_connector(connector.clone()),
     };

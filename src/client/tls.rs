@@ -99,4 +99,3 @@ impl ServerCertVerifier for NoVerification {
         self.0.supported_schemes()
     }
 }
-

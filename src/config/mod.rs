@@ -8,11 +8,11 @@ pub mod server;
 pub mod upstream;
 pub mod walk;
 
-pub use upstream::{Egress, EgressProxy, Http2, Roots, UpstreamTls, redact_userinfo};
 pub use server::{
     DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, Listen,
     RequireHeader, Server, address,
 };
+pub use upstream::{Egress, EgressProxy, Http2, Roots, UpstreamTls, redact_userinfo};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -595,14 +595,23 @@ fn egress_comes_from_the_variables_in_either_case_with_credentials_kept_secret()
     assert!(e.http.as_ref().unwrap().username.is_none());
     assert_eq!(e.no_proxy, "internal.example.com,10.0.0.0/8");
     let line = e.describe();
-    assert!(line.contains("https via proxy.corp:3128 with basic auth"), "{line}");
-    assert!(!line.contains("p@ss") && !format!("{e:?}").contains("p@ss"), "{line}");
+    assert!(
+        line.contains("https via proxy.corp:3128 with basic auth"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("p@ss") && !format!("{e:?}").contains("p@ss"),
+        "{line}"
+    );
 
     let all = env().with_env("ALL_PROXY", "http://proxy.corp:3128");
     let e = load(MINIMAL, &all).unwrap().config.egress;
     assert_eq!(e.https, e.http);
     assert!(e.https.is_some());
-    assert_eq!(load(MINIMAL, &env()).unwrap().config.egress.describe(), "direct");
+    assert_eq!(
+        load(MINIMAL, &env()).unwrap().config.egress.describe(),
+        "direct"
+    );
 }
 
 #[test]
@@ -621,7 +630,16 @@ fn upstream_proxy_in_the_file_wins_and_its_problems_are_named() {
     let e = v.config.egress;
     assert_eq!(e.origin, "upstream_proxy");
     assert_eq!(e.https.as_ref().unwrap().url, "http://proxy.corp:3128/");
-    assert_eq!(e.https.as_ref().unwrap().password.as_ref().unwrap().expose(), "hunter2");
+    assert_eq!(
+        e.https
+            .as_ref()
+            .unwrap()
+            .password
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "hunter2"
+    );
     assert_eq!(e.no_proxy, ".internal,10.0.0.0/8");
 
     let errs = errors(&format!(
@@ -630,8 +648,14 @@ fn upstream_proxy_in_the_file_wins_and_its_problems_are_named() {
     let all = errs.join("\n");
     assert!(all.contains("upstream_proxy.port"), "{all}");
     assert!(all.contains("upstream_proxy.url: an http:// proxy URL with a host is needed: \"https://***@proxy.corp\""), "{all}");
-    assert!(all.contains("upstream_proxy.password: needs a username"), "{all}");
-    assert!(all.contains("upstream_proxy.no_proxy: expected a list of hosts"), "{all}");
+    assert!(
+        all.contains("upstream_proxy.password: needs a username"),
+        "{all}"
+    );
+    assert!(
+        all.contains("upstream_proxy.no_proxy: expected a list of hosts"),
+        "{all}"
+    );
     assert!(!all.contains("leaked"), "{all}");
 }
 
@@ -644,15 +668,28 @@ fn a_bad_proxy_variable_is_an_error_naming_it_without_its_password() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("HTTPS_PROXY: only http:// egress proxies are supported"), "{errs:?}");
-    assert!(errs[0].ends_with("socks5://***@proxy.corp:1080"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("HTTPS_PROXY: only http:// egress proxies are supported"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].ends_with("socks5://***@proxy.corp:1080"),
+        "{errs:?}"
+    );
     assert!(!errs[0].contains("topsecret"));
 }
 
 #[test]
 fn upstream_http2_is_auto_by_default_and_checked() {
-    assert_eq!(load(MINIMAL, &env()).unwrap().config.upstream_tls.http2, Http2::Auto);
-    let v = load(&format!("[upstream_tls]\nhttp2 = \"http1\"\n{MINIMAL}"), &env()).unwrap();
+    assert_eq!(
+        load(MINIMAL, &env()).unwrap().config.upstream_tls.http2,
+        Http2::Auto
+    );
+    let v = load(
+        &format!("[upstream_tls]\nhttp2 = \"http1\"\n{MINIMAL}"),
+        &env(),
+    )
+    .unwrap();
     assert_eq!(v.config.upstream_tls.http2, Http2::Http1);
     let errs = errors(&format!("[upstream_tls]\nhttp2 = \"h2c\"\n{MINIMAL}"));
     assert_eq!(

@@ -49,7 +49,6 @@ pub enum Roots {
     None,
 }
 
-
 /// Where upstream, IAM and metadata connections go: direct, or through an
 /// HTTP proxy (`[upstream_proxy]`, else `HTTPS_PROXY` / `HTTP_PROXY` /
 /// `ALL_PROXY` / `NO_PROXY` in either case). Loopback and link-local
@@ -91,7 +90,11 @@ impl Egress {
         }
         let via = |scheme: &str, p: &Option<EgressProxy>| match p {
             Some(p) => {
-                let auth = if p.username.is_some() { " with basic auth" } else { "" };
+                let auth = if p.username.is_some() {
+                    " with basic auth"
+                } else {
+                    ""
+                };
                 let host = p.url.authority().map(|a| a.as_str()).unwrap_or("?");
                 format!("{scheme} via {host}{auth}")
             }
@@ -127,8 +130,14 @@ fn first_env(sources: &dyn Sources, names: &[&'static str]) -> Option<(&'static 
 }
 
 /// `[upstream_proxy]` when present, else the environment.
-pub(super) fn egress(report: &mut Report, file: Option<&Section<'_>>, sources: &dyn Sources) -> Egress {
-    let env_no_proxy = first_env(sources, NO_VARS).map(|(_, v)| v).unwrap_or_default();
+pub(super) fn egress(
+    report: &mut Report,
+    file: Option<&Section<'_>>,
+    sources: &dyn Sources,
+) -> Egress {
+    let env_no_proxy = first_env(sources, NO_VARS)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     if let Some(s) = file {
         let Some((proxy, no_proxy)) = upstream_proxy(report, s, sources) else {
             return Egress::default();
@@ -254,26 +263,34 @@ fn upstream_proxy(
     sources: &dyn Sources,
 ) -> Option<(EgressProxy, Option<String>)> {
     check_keys(report, s.table, &s.path, PROXY_KEYS);
-    let url = s.require(report, "url", |r| s.str(r, "url")).and_then(|text| {
-        let bad = |report: &mut Report, why: &str| {
-            report.error(
-                s.key_path("url"),
-                format!("{why}: {:?}; write e.g. \"http://proxy.example.com:3128\"", redact_userinfo(text)),
-            );
-            None
-        };
-        let Ok(uri) = text.parse::<Uri>() else {
-            return bad(report, "not a valid URL");
-        };
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return bad(report, "an http:// proxy URL with a host is needed");
-        }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return bad(report, "give the credentials as username and password, not in the URL");
-        }
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        format!("http://{authority}/").parse::<Uri>().ok()
-    });
+    let url = s
+        .require(report, "url", |r| s.str(r, "url"))
+        .and_then(|text| {
+            let bad = |report: &mut Report, why: &str| {
+                report.error(
+                    s.key_path("url"),
+                    format!(
+                        "{why}: {:?}; write e.g. \"http://proxy.example.com:3128\"",
+                        redact_userinfo(text)
+                    ),
+                );
+                None
+            };
+            let Ok(uri) = text.parse::<Uri>() else {
+                return bad(report, "not a valid URL");
+            };
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return bad(report, "an http:// proxy URL with a host is needed");
+            }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return bad(
+                    report,
+                    "give the credentials as username and password, not in the URL",
+                );
+            }
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            format!("http://{authority}/").parse::<Uri>().ok()
+        });
     let username = s.str(report, "username").map(str::to_owned);
     let password = secret_source(report, s, "password")
         .and_then(|src| resolve_now(report, s, "password", &src, sources));
@@ -313,7 +330,11 @@ fn upstream_proxy(
     ))
 }
 
-pub(super) fn upstream_tls(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> UpstreamTls {
+pub(super) fn upstream_tls(
+    report: &mut Report,
+    s: &Section<'_>,
+    sources: &dyn Sources,
+) -> UpstreamTls {
     check_keys(report, s.table, &s.path, TLS_KEYS);
     let roots = match s.str(report, "roots") {
         None | Some("system") => Roots::System,
@@ -386,5 +407,3 @@ fn check_ca_file(path: &std::path::Path, sources: &dyn Sources) -> Result<(), St
     }
     Ok(())
 }
-
-

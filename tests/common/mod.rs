@@ -2,6 +2,9 @@
 //! clients, all on 127.0.0.1:0. No fixed ports, no sleeps.
 #![allow(dead_code)]
 
+pub mod egress;
+pub mod pki;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -101,6 +104,25 @@ pub async fn start_proxy(toml: &str) -> Proxy {
     start_proxy_with(toml, test_runtime()).await
 }
 
+/// [`TestSources`] plus some environment variables (e.g. `HTTPS_PROXY`).
+pub struct EnvSources(pub Vec<(&'static str, String)>);
+
+impl Sources for EnvSources {
+    fn env(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| TestSources.env(name))
+    }
+    fn read_file(&self, path: &std::path::Path) -> std::io::Result<String> {
+        TestSources.read_file(path)
+    }
+    fn home_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
 /// A runtime whose secrets come from [`TestSources`] (also when re-read).
 pub fn test_runtime() -> modelarts_proxy::state::Runtime {
     modelarts_proxy::state::Runtime {
@@ -158,8 +180,8 @@ async fn bound(
     runtime: modelarts_proxy::state::Runtime,
     loopback_port_0: bool,
 ) -> (Daemon, Proxy) {
-    let mut v =
-        config::load(toml, &TestSources).unwrap_or_else(|e| panic!("test config invalid: {e:#?}"));
+    let mut v = config::load(toml, runtime.sources.as_ref())
+        .unwrap_or_else(|e| panic!("test config invalid: {e:#?}"));
     if loopback_port_0 {
         v.config.server.listen = vec!["127.0.0.1:0".parse().unwrap()];
     }
@@ -263,6 +285,11 @@ pub fn body(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// A received body as a test [`Body`] (for passing it on).
+pub fn boxed(incoming: Incoming) -> Body {
+    incoming.map_err(BoxError::from).boxed_unsync()
 }
 
 pub fn text_response(status: u16, text: &str) -> Response<Body> {
