@@ -8,7 +8,10 @@
 //!   method issues `MII…` tokens that the service then accepts in `X-Auth-Token`;
 //! - APIG app authentication ([`StandIn::with_app_codes`]): `X-Apig-AppCode`;
 //! - the ECS metadata service ([`StandIn::with_metadata`]):
-//!   `GET /openstack/latest/securitykey` issues temporary AK/SK + security token.
+//!   `GET /openstack/latest/securitykey` issues temporary AK/SK + security token,
+//!   after the optional session-token step (`PUT /meta-data/latest/api/token`,
+//!   then `X-Metadata-Token`), which [`StandInStats`] can make required or
+//!   unsupported.
 //!
 //! Time (token and temporary-key expiry, the signature window) comes only
 //! from the injected clock, so tests can move it.
@@ -47,6 +50,9 @@ pub const AK_LOCK_FOR: chrono::Duration = chrono::Duration::minutes(5);
 
 /// IAM's token endpoint.
 pub const IAM_TOKENS_PATH: &str = "/v3/auth/tokens";
+
+/// The ECS metadata service's session-token endpoint.
+pub const METADATA_SESSION_PATH: &str = crate::auth::metadata::SESSION_TOKEN_PATH;
 
 /// The ECS metadata service's temporary-credentials endpoint.
 pub const METADATA_SECURITYKEY_PATH: &str = "/openstack/latest/securitykey";
@@ -96,6 +102,15 @@ pub struct StandInStats {
     pub iam_down: AtomicBool,
     /// While true, the metadata service answers 503.
     pub metadata_down: AtomicBool,
+    /// `PUT /meta-data/latest/api/token` requests (any outcome).
+    pub metadata_session_calls: AtomicUsize,
+    /// While true, a credential request without a valid `X-Metadata-Token`
+    /// is refused with 401 (a hardened server).
+    pub metadata_session_required: AtomicBool,
+    /// While true, the session-token path answers 404 (an older service).
+    pub metadata_session_unsupported: AtomicBool,
+    /// Live metadata session tokens → expiry.
+    sessions: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Service requests answered 200 (any credential).
     pub accepted: AtomicUsize,
     /// Service requests answered 401.
@@ -117,6 +132,11 @@ impl StandInStats {
     /// from now on (as after a password change).
     pub fn revoke_all_tokens(&self) {
         lock(&self.tokens).clear();
+    }
+
+    /// Forgets every metadata session token (their requests get 401).
+    pub fn revoke_metadata_sessions(&self) {
+        lock(&self.sessions).clear();
     }
 
     /// Forgets every temporary credential (as if the agency were removed).
@@ -262,6 +282,7 @@ impl StandIn {
         match (parts.uri.path(), &self.iam, self.metadata) {
             (IAM_TOKENS_PATH, Some(iam), _) => self.iam(iam, &parts, &body),
             (METADATA_SECURITYKEY_PATH, _, Some(lifetime)) => self.metadata(lifetime, &parts),
+            (METADATA_SESSION_PATH, _, Some(_)) => self.metadata_session(&parts),
             _ => self.service(&parts, &body),
         }
     }
@@ -374,6 +395,9 @@ impl StandIn {
                 serde_json::json!({"error": {"code": 405, "message": "Method Not Allowed"}}),
             );
         }
+        if let Some(refused) = self.check_session(parts) {
+            return refused;
+        }
         let expires_at = add((self.clock)(), lifetime);
         let key = AkSk {
             access_key: random_string(20, &ALPHANUMERIC[..36]),
@@ -394,6 +418,72 @@ impl StandIn {
         lock(&self.stats.temporary).insert(key.access_key.clone(), (key.clone(), expires_at));
         lock(&self.stats.issued_credentials).push(key);
         json(StatusCode::OK, body)
+    }
+
+    /// `PUT /meta-data/latest/api/token` with `X-Metadata-Token-Ttl-Seconds`
+    /// (1 to 21600): a session token for the credential request.
+    fn metadata_session(&self, parts: &http::request::Parts) -> Response<ProxyBody> {
+        use crate::auth::metadata::SESSION_TTL_HEADER;
+        let stats = &self.stats;
+        stats.metadata_session_calls.fetch_add(1, Ordering::SeqCst);
+        let error = |status: StatusCode, message: &str| {
+            json(
+                status,
+                serde_json::json!({"error": {"code": status.as_u16(), "message": message}}),
+            )
+        };
+        if stats.metadata_session_unsupported.load(Ordering::SeqCst) {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        }
+        if parts.method != Method::PUT {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        }
+        let ttl = parts
+            .headers
+            .get(SESSION_TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|t| (1..=21600).contains(t));
+        let Some(ttl) = ttl else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "X-Metadata-Token-Ttl-Seconds must be an integer from 1 to 21600",
+            );
+        };
+        let token = random_string(56, URL_SAFE);
+        let expires_at = add((self.clock)(), Duration::from_secs(ttl));
+        lock(&stats.sessions).insert(token.clone(), expires_at);
+        let mut resp = Response::new(full(token));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp
+    }
+
+    /// A credential request's `X-Metadata-Token`: refused (401) when it is
+    /// unknown or expired, or missing while sessions are required.
+    fn check_session(&self, parts: &http::request::Parts) -> Option<Response<ProxyBody>> {
+        use crate::auth::metadata::SESSION_TOKEN_HEADER;
+        let refuse = |message: &str| {
+            Some(json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": {"code": 401, "message": message}}),
+            ))
+        };
+        match parts.headers.get(SESSION_TOKEN_HEADER) {
+            None if self.stats.metadata_session_required.load(Ordering::SeqCst) => {
+                refuse("X-Metadata-Token is required")
+            }
+            None => None,
+            Some(token) => {
+                let now = (self.clock)();
+                let sessions = lock(&self.stats.sessions);
+                match token.to_str().ok().and_then(|t| sessions.get(t)) {
+                    Some(expires_at) if *expires_at > now => None,
+                    Some(_) => refuse("the metadata token has expired"),
+                    None => refuse("the metadata token is not valid"),
+                }
+            }
+        }
     }
 
     /// Any other path: the real-time service. Accepts a valid AK/SK

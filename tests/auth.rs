@@ -521,3 +521,146 @@ async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
     assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 2);
     assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }
+
+/// A metadata stand-in and a fetcher sharing a clock that tests move.
+struct Metadata {
+    stats: Arc<StandInStats>,
+    fetcher: modelarts_proxy::auth::metadata::MetadataFetcher,
+    offset: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Metadata {
+    async fn start(configure: impl FnOnce(&StandInStats)) -> Metadata {
+        let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let at = offset.clone();
+        let clock: modelarts_proxy::clock::Clock = Arc::new(move || {
+            chrono::Utc::now() + chrono::Duration::seconds(at.load(Ordering::SeqCst))
+        });
+        let stand_in =
+            StandIn::new(vec![key()], clock.clone()).with_metadata(Duration::from_secs(24 * 3600));
+        let stats = stand_in.stats();
+        configure(&stats);
+        let addr = stand_in
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let fetcher = modelarts_proxy::auth::metadata::MetadataFetcher::new(
+            format!("http://{addr}/openstack/latest/securitykey")
+                .parse()
+                .unwrap(),
+            None,
+            modelarts_proxy::client::build(&Default::default(), &Default::default()).unwrap(),
+            clock,
+        );
+        Metadata {
+            stats,
+            fetcher,
+            offset,
+        }
+    }
+
+    fn advance(&self, d: Duration) {
+        self.offset.fetch_add(d.as_secs() as i64, Ordering::SeqCst);
+    }
+
+    /// (session-token requests, credential requests) so far.
+    fn calls(&self) -> (usize, usize) {
+        (
+            self.stats.metadata_session_calls.load(Ordering::SeqCst),
+            self.stats.metadata_calls.load(Ordering::SeqCst),
+        )
+    }
+
+    async fn fetch(&self) -> String {
+        match self.fetcher.fetch_key().await {
+            Ok(c) => c.value.access_key,
+            Err(e) => panic!("fetch failed: {}", e.message),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hardened_metadata_service_gets_the_session_token_first() {
+    let m = Metadata::start(|s| s.metadata_session_required.store(true, Ordering::SeqCst)).await;
+    m.fetch().await;
+    m.fetch().await;
+    assert_eq!(
+        m.calls(),
+        (1, 2),
+        "one session token for both credential requests"
+    );
+
+    // Through the daemon too: a route on `source = "metadata"` signs with the key.
+    let (gw, stats) = gateway(|s| s.with_metadata(Duration::from_secs(3600))).await;
+    stats
+        .metadata_session_required
+        .store(true, Ordering::SeqCst);
+    let proxy = start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"ecs\"\n[credentials.ecs]\ntype = \"aksk\"\nsource = \"metadata\"\nmetadata_endpoint = \"http://{gw}/openstack/latest/securitykey\"\n"
+    ))
+    .await;
+    let (parts, bytes) = get(&proxy.url("/predict")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(stats.metadata_session_calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn without_session_tokens_the_plain_request_is_used_and_rechecked_a_day_later() {
+    let m = Metadata::start(|s| s.metadata_session_unsupported.store(true, Ordering::SeqCst)).await;
+    m.fetch().await;
+    m.fetch().await;
+    assert_eq!(m.calls(), (1, 2), "404 once, then plain requests only");
+    m.advance(Duration::from_secs(24 * 3600 + 1));
+    m.stats
+        .metadata_session_unsupported
+        .store(false, Ordering::SeqCst);
+    m.stats
+        .metadata_session_required
+        .store(true, Ordering::SeqCst);
+    m.fetch().await;
+    assert_eq!(m.calls(), (2, 3), "asked again after 24 h, and used");
+}
+
+#[tokio::test]
+async fn a_refused_session_token_is_replaced_once() {
+    let m = Metadata::start(|s| s.metadata_session_required.store(true, Ordering::SeqCst)).await;
+    m.fetch().await;
+    m.stats.revoke_metadata_sessions();
+    m.fetch().await;
+    assert_eq!(
+        m.calls(),
+        (2, 3),
+        "a 401, a new session token, the request again"
+    );
+
+    // A service that then stops offering tokens while refusing: an error
+    // naming both steps, not a loop.
+    m.stats.revoke_metadata_sessions();
+    m.stats
+        .metadata_session_unsupported
+        .store(true, Ordering::SeqCst);
+    let err = m.fetcher.fetch_key().await.unwrap_err();
+    assert!(
+        err.message.contains("answered HTTP 404 to the session-token request (after refusing the credential request with 401)"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn the_session_token_is_renewed_before_it_expires() {
+    let m = Metadata::start(|s| s.metadata_session_required.store(true, Ordering::SeqCst)).await;
+    m.fetch().await;
+    // Five minutes before the 6 h token expires: still valid at the
+    // service, but inside the renewal margin.
+    m.advance(Duration::from_secs(6 * 3600 - 5 * 60));
+    m.fetch().await;
+    assert_eq!(
+        m.calls(),
+        (2, 2),
+        "renewed ahead, so no request was refused"
+    );
+    m.advance(Duration::from_secs(60));
+    m.fetch().await;
+    assert_eq!(m.calls(), (2, 3), "the new one is kept while fresh");
+}

@@ -710,3 +710,48 @@ async fn echoes_and_errors_never_contain_the_token_app_code_or_password() {
         }
     }
 }
+
+#[tokio::test]
+async fn metadata_session_tokens_are_issued_for_a_ttl_checked_and_expire() {
+    let clock = TestClock::new();
+    let (addr, stats) = start(&clock).await;
+    let key_url = url(addr, "/openstack/latest/securitykey");
+    let session = |ttl: Option<&str>| {
+        let mut req = request("PUT", &url(addr, "/meta-data/latest/api/token"));
+        if let Some(ttl) = ttl {
+            req = req.header("x-metadata-token-ttl-seconds", ttl);
+        }
+        send(req.body(body("")).unwrap())
+    };
+    let with_token = |token: String| {
+        send(
+            request("GET", &key_url)
+                .header("x-metadata-token", token)
+                .body(body(""))
+                .unwrap(),
+        )
+    };
+    for bad in [None, Some("0"), Some("21601"), Some("six hours")] {
+        assert_eq!(session(bad).await.0.status, 400, "{bad:?}");
+    }
+    let (parts, token) = session(Some("60")).await;
+    assert_eq!(parts.status, 200);
+    let token = String::from_utf8(token.to_vec()).unwrap();
+
+    // Optional by default, required when hardened.
+    assert_eq!(get(&key_url).await.0.status, 200);
+    stats
+        .metadata_session_required
+        .store(true, Ordering::SeqCst);
+    assert_eq!(get(&key_url).await.0.status, 401);
+    assert_eq!(with_token(token.clone()).await.0.status, 200);
+    assert_eq!(with_token("forged".into()).await.0.status, 401);
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(with_token(token).await.0.status, 401, "expired");
+
+    stats
+        .metadata_session_unsupported
+        .store(true, Ordering::SeqCst);
+    assert_eq!(session(Some("60")).await.0.status, 404);
+    assert_eq!(stats.metadata_session_calls.load(Ordering::SeqCst), 6);
+}

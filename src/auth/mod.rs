@@ -240,11 +240,12 @@ fn start_token(label: String, name: &str, t: &TokenSpec, cx: &Context) -> Provid
 /// close the signature breaker.
 fn start_metadata(label: String, name: &str, m: &MetadataSpec, cx: &Context) -> Provider {
     let breaker = Arc::new(Breaker::new(name, m.breaker_cooldown, cx.metrics.clone()));
-    let fetcher = metadata::MetadataFetcher {
-        endpoint: m.endpoint.clone(),
-        project_id: m.project_id.clone(),
-        client: cx.client.clone(),
-    };
+    let fetcher = metadata::MetadataFetcher::new(
+        m.endpoint.clone(),
+        m.project_id.clone(),
+        cx.client.clone(),
+        cx.local_clock.clone(),
+    );
     let mut observe = CredentialMetrics::new(cx, name);
     observe.breaker = Some(breaker.clone());
     let creds = Refreshing::start(
