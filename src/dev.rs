@@ -252,7 +252,7 @@ impl StandIn {
                     async move { Ok::<_, Infallible>(this.respond(req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
             });
         }
@@ -268,7 +268,8 @@ impl StandIn {
         Ok(local)
     }
 
-    async fn respond(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn respond(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let websocket = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, STAND_IN_MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -283,7 +284,10 @@ impl StandIn {
             (IAM_TOKENS_PATH, Some(iam), _) => self.iam(iam, &parts, &body),
             (METADATA_SECURITYKEY_PATH, _, Some(lifetime)) => self.metadata(lifetime, &parts),
             (METADATA_SESSION_PATH, _, Some(_)) => self.metadata_session(&parts),
-            _ => self.service(&parts, &body),
+            _ => match websocket {
+                Some(upgrade) => self.websocket(&parts, &body, upgrade),
+                None => self.service(&parts, &body),
+            },
         }
     }
 
@@ -489,6 +493,60 @@ impl StandIn {
     /// Any other path: the real-time service. Accepts a valid AK/SK
     /// signature, an unexpired token from the stand-in IAM, or an app code.
     fn service(&self, parts: &http::request::Parts, body: &Bytes) -> Response<ProxyBody> {
+        match self.authenticate(parts, body) {
+            Ok(_) if wants_stream(parts, body) => {
+                self.stats.accepted.fetch_add(1, Ordering::SeqCst);
+                server_sent_events()
+            }
+            Ok(auth) => {
+                self.stats.accepted.fetch_add(1, Ordering::SeqCst);
+                json(StatusCode::OK, echo(parts, body, auth))
+            }
+            Err(refusals) => {
+                self.stats.rejected.fetch_add(1, Ordering::SeqCst);
+                rejection(parts, &refusals)
+            }
+        }
+    }
+
+    /// A WebSocket handshake: the credential is checked as for any request;
+    /// then `101`, and every message is echoed until the client closes.
+    fn websocket(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Response<ProxyBody> {
+        if let Err(refusals) = self.authenticate(parts, body) {
+            self.stats.rejected.fetch_add(1, Ordering::SeqCst);
+            return rejection(parts, &refusals);
+        }
+        let Some(key) = parts.headers.get("sec-websocket-key") else {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error_msg": "a WebSocket handshake needs Sec-WebSocket-Key"}),
+            );
+        };
+        self.stats.accepted.fetch_add(1, Ordering::SeqCst);
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        tokio::spawn(echo_websocket(upgrade));
+        let mut resp = Response::new(full(""));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        resp
+    }
+
+    /// The credential the request carries, or why each one it carries is refused.
+    fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Auth, Vec<Refusal>> {
         let now = (self.clock)();
         let headers = &parts.headers;
         let mut refusals = Vec::new();
@@ -524,20 +582,7 @@ impl StandIn {
                 });
             }
         }
-        match accepted {
-            Some(_) if wants_stream(parts, body) => {
-                self.stats.accepted.fetch_add(1, Ordering::SeqCst);
-                server_sent_events()
-            }
-            Some(auth) => {
-                self.stats.accepted.fetch_add(1, Ordering::SeqCst);
-                json(StatusCode::OK, echo(parts, body, auth))
-            }
-            None => {
-                self.stats.rejected.fetch_add(1, Ordering::SeqCst);
-                rejection(parts, &refusals)
-            }
-        }
+        accepted.ok_or(refusals)
     }
 
     fn check_aksk(
@@ -934,6 +979,50 @@ fn random_string(n: usize, alphabet: &[u8]) -> String {
 }
 
 /// `n` random letters and digits (demo passwords, app codes, ids).
+/// `Connection: upgrade` and `Upgrade: websocket`.
+fn is_websocket(headers: &http::HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// Echoes text and binary messages; answers a close with a close; closes
+/// itself on the text `bye`.
+async fn echo_websocket(upgrade: hyper::upgrade::OnUpgrade) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
+    while let Some(Ok(message)) = ws.next().await {
+        let reply = match message {
+            // The stand-in's own close, to try a close from the service side.
+            Message::Text(t) if t.as_str() == "bye" => {
+                let _ = ws.close(None).await;
+                continue;
+            }
+            Message::Text(_) | Message::Binary(_) => message,
+            // tungstenite answers pings and closes itself.
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            break;
+        }
+    }
+}
+
 pub fn random_text(n: usize) -> String {
     random_string(n, ALPHANUMERIC)
 }

@@ -106,9 +106,29 @@ impl Rules {
         }
     }
 
-    fn tunnel_authorization(&self) -> Option<&HeaderValue> {
-        self.https.as_ref()?.authorization.as_ref()
+    fn tunnel_authorization(&self, dst: &Uri) -> Option<&HeaderValue> {
+        let proxy = match dst.scheme_str() {
+            Some("http") => self.http.as_ref(),
+            _ => self.https.as_ref(),
+        };
+        proxy?.authorization.as_ref()
     }
+}
+
+/// `dst` with its scheme's default port written out.
+fn with_port(dst: &Uri) -> Uri {
+    if dst.port().is_some() {
+        return dst.clone();
+    }
+    let port = if dst.scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    let host = dst.host().unwrap_or_default();
+    format!("{}://{host}:{port}/", dst.scheme_str().unwrap_or("https"))
+        .parse()
+        .unwrap_or_else(|_| dst.clone())
 }
 
 fn always_direct(host: &str) -> bool {
@@ -132,11 +152,27 @@ fn always_direct(host: &str) -> bool {
 pub struct Connector {
     direct: HttpConnector,
     rules: Arc<Rules>,
+    /// Tunnel `http://` destinations too (WebSocket handshakes: proxies
+    /// do not forward an `Upgrade` in absolute form).
+    tunnel_http: bool,
 }
 
 impl Connector {
     pub fn new(direct: HttpConnector, rules: Arc<Rules>) -> Connector {
-        Connector { direct, rules }
+        Connector {
+            direct,
+            rules,
+            tunnel_http: false,
+        }
+    }
+
+    /// As [`Connector::new`], tunnelling `http://` destinations as well.
+    pub fn tunnelling(direct: HttpConnector, rules: Arc<Rules>) -> Connector {
+        Connector {
+            direct,
+            rules,
+            tunnel_http: true,
+        }
     }
 }
 
@@ -152,7 +188,11 @@ impl Service<Uri> for Connector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let mut direct = self.direct.clone();
-        match self.rules.way(&dst) {
+        let way = match self.rules.way(&dst) {
+            Way::Forward(proxy) if self.tunnel_http => Way::Tunnel(proxy),
+            way => way,
+        };
+        match way {
             Way::Direct => Box::pin(async move {
                 let io = direct.call(dst).await?;
                 Ok(Stream { io, proxied: false })
@@ -160,15 +200,17 @@ impl Service<Uri> for Connector {
             Way::Tunnel(proxy) => {
                 let proxy = proxy.clone();
                 let mut tunnel = Tunnel::new(proxy.clone(), direct);
-                if let Some(auth) = self.rules.tunnel_authorization() {
+                if let Some(auth) = self.rules.tunnel_authorization(&dst) {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
                 Box::pin(async move {
+                    // The tunnel assumes 443 when the URI has no port.
+                    let target = with_port(&dst);
                     std::future::poll_fn(|cx| tunnel.poll_ready(cx))
                         .await
                         .map_err(|e| EgressError::new(&proxy, &dst, e))?;
                     let io = tunnel
-                        .call(dst.clone())
+                        .call(target)
                         .await
                         .map_err(|e| EgressError::new(&proxy, &dst, e))?;
                     Ok(Stream { io, proxied: false })

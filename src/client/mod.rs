@@ -93,7 +93,7 @@ pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let rules = Arc::new(Rules::new(egress));
-    let connector = egress::Connector::new(http, rules.clone());
+    let connector = egress::Connector::new(http.clone(), rules.clone());
 
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.clone())
@@ -126,7 +126,7 @@ pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
                 .with_tls_config(config)
                 .https_or_http()
                 .enable_http1()
-                .wrap_connector(connector),
+                .wrap_connector(egress::Connector::tunnelling(http, rules.clone())),
         );
     Ok(HttpClient {
         pool,

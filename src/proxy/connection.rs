@@ -19,6 +19,8 @@ pub struct Connection {
     /// When the connection last had no request in flight: nanoseconds after `opened`.
     idle_since: AtomicU64,
     became_idle: Notify,
+    /// A WebSocket spliced onto this connection after its handshake.
+    tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Connection {
@@ -30,6 +32,7 @@ impl Connection {
             served: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             became_idle: Notify::new(),
+            tunnel: std::sync::Mutex::new(None),
         }
     }
 
@@ -41,6 +44,22 @@ impl Connection {
     /// Requests whose response body has ended on this connection.
     pub fn requests_served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Hands the connection to a spliced WebSocket (see `proxy::upgrade`).
+    pub(crate) fn set_tunnel(&self, task: tokio::task::JoinHandle<()>) {
+        *self
+            .tunnel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+    }
+
+    /// The spliced WebSocket, once HTTP is over on this connection.
+    pub fn take_tunnel(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// True when no request is in flight.

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod guard;
 pub mod observe;
 mod send;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -58,7 +59,7 @@ where
 async fn stack<B>(
     state: &State,
     conn: &Connection,
-    req: Request<B>,
+    mut req: Request<B>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
@@ -73,6 +74,8 @@ where
     // Which upstream: the longest matching prefix.
     let (route, rest) = find_route(state, req.uri().path())?;
     exchange.set_route(&route.prefix);
+    // A WebSocket handshake keeps its Upgrade headers; after a 101 the connection is spliced.
+    let websocket = upgrade::take(&mut req);
     // The gateway's size limit before any byte is read; the body is counted and idle-timed as it streams.
     let (parts, body, content_length) = admit(req, route, server)?;
     exchange.set_request_body(body.progress());
@@ -82,10 +85,25 @@ where
     outgoing
         .headers
         .insert(request_id::X_REQUEST_ID, exchange.request_id().clone());
+    if let Some(ws) = &websocket {
+        ws.request_headers(&mut outgoing.headers);
+    }
     // Credentials, the send and 401 recovery, within the gateway's deadline until the response head.
     let response = forward(state, route, outgoing, body).await?;
-    // The response streams back without its hop-by-hop headers (its idle timer is set by `respond`).
-    Ok(stream_back(response))
+    // The response streams back without its hop-by-hop headers (its idle timer is set by `respond`);
+    // after a 101 the WebSocket is spliced, idle-timed, owned by the connection.
+    Ok(match websocket {
+        Some(ws) => ws.finish(
+            response,
+            conn,
+            server.idle_timeout,
+            upgrade::Labels {
+                route: route.prefix.clone(),
+                request_id: exchange.request_id().clone(),
+            },
+        ),
+        None => stream_back(response),
+    })
 }
 
 fn find_route<'s>(state: &'s State, path: &str) -> Result<(&'s Route, String), ProxyError> {

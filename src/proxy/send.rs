@@ -89,10 +89,13 @@ async fn send(
     body: &Progress,
     route: &Route,
 ) -> Result<Response<Incoming>, ProxyError> {
-    client
-        .request(req)
-        .await
-        .map_err(|e| classify_upstream_error(&e, body, route))
+    // An Upgrade handshake goes over HTTP/1.1 (h2 has no such upgrade).
+    let sent = if req.headers().contains_key(header::UPGRADE) {
+        client.upgrade(req).await
+    } else {
+        client.request(req).await
+    };
+    sent.map_err(|e| classify_upstream_error(&e, body, route))
 }
 
 /// hyper writes no body at all for a GET/HEAD whose length it does not

@@ -107,7 +107,7 @@ pub async fn serve<I>(
         })
     };
     let builder = builder(&server);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut phase = guard.phase.subscribe();
     let mut pressure = guard.pressure.subscribe();
@@ -135,9 +135,30 @@ pub async fn serve<I>(
             },
         }
     };
+    let reason = match info.take_tunnel() {
+        Some(tunnel) => spliced(tunnel, &mut phase).await,
+        None => reason,
+    };
     metrics.connection_closed(reason);
     metrics.connections_open.dec();
     drop(slot);
+}
+
+/// A WebSocket spliced onto the connection keeps its slot until it ends;
+/// a drain lets it run through the grace period, a cut closes it.
+async fn spliced(
+    mut tunnel: tokio::task::JoinHandle<()>,
+    phase: &mut watch::Receiver<Phase>,
+) -> &'static str {
+    loop {
+        tokio::select! {
+            _ = &mut tunnel => return "websocket",
+            now = next_phase(phase) => if now == Phase::Cut {
+                tunnel.abort();
+                return "drain_cut";
+            },
+        }
+    }
 }
 
 /// Why a connection that hyper finished on its own ended.
