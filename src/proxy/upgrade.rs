@@ -264,7 +264,7 @@ mod tests {
         // hyper's server attaches an `OnUpgrade` to requests on connections
         // that can upgrade; `take` only checks that one is there (this one,
         // made outside hyper, is never fulfilled).
-        let on = hyper::upgrade::on(&mut Request::new(()));
+        let on = hyper::upgrade::on(Request::new(()));
         req.extensions_mut().insert(on);
         req
     }
