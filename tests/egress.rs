@@ -266,3 +266,30 @@ async fn loopback_upstreams_and_no_proxy_hosts_are_reached_directly() {
     assert_proxy_error(&parts, &bytes, 502, "upstream_unreachable");
     assert!(egress.seen().is_empty(), "{:?}", egress.seen());
 }
+
+#[tokio::test]
+async fn a_websocket_to_a_plain_http_upstream_is_tunnelled_not_sent_in_absolute_form() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stand_in = stand_in().await;
+    let egress = egress_proxy(stand_in, None).await;
+    let port = stand_in.port();
+    let proxy = start_proxy_with(
+        &format!(
+            "[[route]]\nupstream = \"http://ws.test:{port}/v1\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
+        ),
+        runtime_with_env(vec![("HTTP_PROXY", format!("http://{}", egress.addr))]),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/chat", proxy.addr), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("via the tunnel")).await.unwrap();
+    let echoed = tokio::time::timeout(TEST_DEADLINE, ws.next()).await.unwrap();
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("via the tunnel"));
+    assert_eq!(
+        targets(&egress),
+        [("CONNECT".into(), format!("ws.test:{port}"), None)]
+    );
+}

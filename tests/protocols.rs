@@ -101,3 +101,79 @@ async fn a_regular_file_in_the_way_is_not_removed() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `Expect: 100-continue` with a chunked body: the proxy lets the client
+/// send (`100 Continue`), streams it upstream, and cuts it at `max_body`
+/// with 413; the upstream never sees a complete request. (An oversized
+/// `Content-Length` is refused before `100 Continue`: tests/hostile.rs.)
+#[tokio::test]
+async fn expect_100_continue_chunked_past_max_body_is_cut_with_413() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let complete = Arc::new(Mutex::new(Vec::new()));
+    let record = complete.clone();
+    let upstream = upstream(move |req| {
+        let record = record.clone();
+        async move {
+            let whole = req.into_body().collect().await.is_ok();
+            record.lock().unwrap().push(whole);
+            text_response(200, "stored")
+        }
+    })
+    .await;
+    for payload in ["unsigned", "signed"] {
+        let proxy = start_proxy(&format!(
+            "[[route]]\nupstream = \"http://{upstream}/\"\nmax_body = \"4KiB\"\npayload = \"{payload}\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
+        ))
+        .await;
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(
+                b"PUT /blob HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n\
+                  Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(TEST_DEADLINE, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue\r\n"),
+            "{payload}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // 8 KiB in 1 KiB chunks, then the end: twice the route's limit.
+        let mut sent = Vec::new();
+        for _ in 0..8 {
+            sent.extend_from_slice(b"400\r\n");
+            sent.extend_from_slice(&[b'x'; 1024]);
+            sent.extend_from_slice(b"\r\n");
+        }
+        sent.extend_from_slice(b"0\r\n\r\n");
+        let _ = stream.write_all(&sent).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(TEST_DEADLINE, async {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                reply.extend_from_slice(&chunk[..n]);
+                if String::from_utf8_lossy(&reply).contains("}\n") || reply.ends_with(b"}") {
+                    break;
+                }
+            }
+        })
+        .await;
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 413 "), "{payload}: {reply}");
+        assert!(reply.contains("body_too_large"), "{payload}: {reply}");
+    }
+    let seen = complete.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|whole| !whole),
+        "the upstream received a complete request: {seen:?}"
+    );
+}

@@ -215,3 +215,26 @@ async fn a_wss_upstream_offering_h2_is_reached_over_http1_for_the_upgrade() {
     ws.send(Message::text("over tls")).await.unwrap();
     assert_eq!(next(&mut ws).await, Some(Message::text("tls:over tls")));
 }
+
+#[tokio::test]
+async fn a_drain_lets_an_open_websocket_run_and_a_second_signal_closes_it() {
+    let gw = stand_in_all().await;
+    let mut proxy = start_proxy_with_signals(&format!(
+        "[server]\nshutdown_grace = \"60s\"\n[[route]]\nupstream = \"http://{gw}/\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
+    ))
+    .await;
+    let mut ws = connect(&proxy, "/ws").await.unwrap();
+    let signals = proxy.signals.take().unwrap();
+    signals.send(()).await.unwrap();
+    for i in 0..3 {
+        ws.send(Message::text(format!("draining {i}"))).await.unwrap();
+        assert_eq!(next(&mut ws).await, Some(Message::text(format!("draining {i}"))));
+    }
+    assert!(!proxy.task.is_finished(), "the open WebSocket holds the drain");
+    signals.send(()).await.unwrap();
+    assert!(next(&mut ws).await.is_none(), "cut: the WebSocket is closed");
+    tokio::time::timeout(TEST_DEADLINE, &mut proxy.task)
+        .await
+        .expect("the daemon ends")
+        .unwrap();
+}
