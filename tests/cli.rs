@@ -1021,7 +1021,10 @@ async fn egress_proxy_passwords_never_reach_logs_even_at_trace_level() {
     output.push_str(&String::from_utf8_lossy(&checked.stderr));
     assert!(checked.status.success(), "{output}");
     assert!(
-        output.contains(&format!("egress https via {} with basic auth", tunnel.addr)),
+        output.contains(&format!(
+            "egress: https via {} with basic auth",
+            tunnel.addr
+        )),
         "{output}"
     );
 
@@ -1052,7 +1055,7 @@ async fn egress_proxy_passwords_never_reach_logs_even_at_trace_level() {
     let logs = logs.join("\n") + &output;
     assert!(logs.contains("TRACE"), "trace logging was on");
     assert!(
-        logs.contains("egress https via"),
+        logs.contains("egress: https via"),
         "the egress line is logged"
     );
     for secret in [EGRESS_PASSWORD, &basic[6..]] {

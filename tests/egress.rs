@@ -286,7 +286,9 @@ async fn a_websocket_to_a_plain_http_upstream_is_tunnelled_not_sent_in_absolute_
         .await
         .unwrap();
     ws.send(Message::text("via the tunnel")).await.unwrap();
-    let echoed = tokio::time::timeout(TEST_DEADLINE, ws.next()).await.unwrap();
+    let echoed = tokio::time::timeout(TEST_DEADLINE, ws.next())
+        .await
+        .unwrap();
     assert_eq!(echoed.unwrap().unwrap(), Message::text("via the tunnel"));
     assert_eq!(
         targets(&egress),

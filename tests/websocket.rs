@@ -227,12 +227,23 @@ async fn a_drain_lets_an_open_websocket_run_and_a_second_signal_closes_it() {
     let signals = proxy.signals.take().unwrap();
     signals.send(()).await.unwrap();
     for i in 0..3 {
-        ws.send(Message::text(format!("draining {i}"))).await.unwrap();
-        assert_eq!(next(&mut ws).await, Some(Message::text(format!("draining {i}"))));
+        ws.send(Message::text(format!("draining {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut ws).await,
+            Some(Message::text(format!("draining {i}")))
+        );
     }
-    assert!(!proxy.task.is_finished(), "the open WebSocket holds the drain");
+    assert!(
+        !proxy.task.is_finished(),
+        "the open WebSocket holds the drain"
+    );
     signals.send(()).await.unwrap();
-    assert!(next(&mut ws).await.is_none(), "cut: the WebSocket is closed");
+    assert!(
+        next(&mut ws).await.is_none(),
+        "cut: the WebSocket is closed"
+    );
     tokio::time::timeout(TEST_DEADLINE, &mut proxy.task)
         .await
         .expect("the daemon ends")

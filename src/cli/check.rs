@@ -72,7 +72,7 @@ pub(super) async fn check(args: CheckArgs) -> u8 {
     for line in &summary {
         println!("{line}");
     }
-    println!("  egress {}", config.egress.describe());
+    println!("  egress: {}", config.egress.describe());
     if args.online {
         return match State::build(config) {
             Ok(state) => check_online(state).await,

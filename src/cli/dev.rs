@@ -243,6 +243,7 @@ fn print_banner(daemon: &Daemon, service: SocketAddr, upstream: &str, demo: &Dem
          \x20 curl -s http://{proxy}/token -d 'any body'\n\
          \x20 curl -s http://{proxy}/apikey\n\
          \x20 curl -N http://{proxy}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"stream\":true}}'\n\
+         \x20 cargo run --release --example websocket -- ws://{proxy}/ws hello   # WebSocket echo (any route)\n\
          {env_file}\
          \nand, to see the stand-in reject a request without credentials:\n  curl -s {upstream}\n\nCtrl-C to stop.",
         demo.ak

@@ -185,5 +185,5 @@ fn log_startup(daemon: &Daemon) {
             route.upstream.url()
         );
     }
-    tracing::info!("egress {}", state.config.egress.describe());
+    tracing::info!("egress: {}", state.config.egress.describe());
 }
