@@ -95,6 +95,11 @@ fn a_missing_or_empty_ca_file_is_a_config_error_at_its_key() {
 async fn versioned(alpn: &[&[u8]], http2: &str) -> (Proxy, pki::TlsUpstream) {
     let pki = pki();
     let upstream = tls_upstream(&pki, alpn, |req| async move {
+        // As nginx does: an h2 request carries its authority in `:authority`
+        // only; a Host header as well is a 400 ("duplicate host header").
+        if req.version() == http::Version::HTTP_2 && req.headers().contains_key("host") {
+            return text_response(400, "client sent duplicate host header");
+        }
         let host = req
             .headers()
             .get("host")

@@ -31,13 +31,29 @@ pub struct HttpClient {
     /// WebSocket handshakes: HTTP/1.1 only (an upgrade has no h2 form here).
     upgrades: Pool,
     rules: Arc<Rules>,
+    /// `[upstream_tls] http2 = "http2"`: the main pool speaks nothing else.
+    http2_only: bool,
 }
 
 impl HttpClient {
     /// Sends `req` (absolute URI), adding `Proxy-Authorization` when it goes
     /// to an egress proxy in absolute form.
-    pub fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        self.pool.request(self.authorize(req))
+    pub fn request(&self, mut req: Request<ProxyBody>) -> ResponseFuture {
+        // HTTP/2 carries the authority in `:authority`, and servers such as
+        // nginx refuse a request that also has a Host header. hyper fills in
+        // Host for HTTP/1.1 connections from the URI (without a default
+        // port); so a Host equal to that is left to hyper, and works on
+        // either. A Host that differs (an upstream written with its default
+        // port, signed verbatim) is kept, and then only HTTP/1.1 is offered.
+        let keep_host = match req.headers().get(header::HOST) {
+            None => false,
+            Some(host) => *host != implied_host(req.uri()) && !self.http2_only,
+        };
+        if !keep_host {
+            req.headers_mut().remove(header::HOST);
+            return self.pool.request(self.authorize(req));
+        }
+        self.upgrades.request(self.authorize(req))
     }
 
     /// Sends an `Upgrade` handshake over HTTP/1.1.
@@ -56,6 +72,28 @@ impl HttpClient {
                 .insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
         req
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implied_host;
+
+    #[test]
+    fn the_implied_host_is_the_authority_as_written_unless_it_has_a_default_port() {
+        for (uri, host) in [
+            ("https://Infer.Example.com/v1", "Infer.Example.com"),
+            (
+                "https://infer.example.com:8443/v1",
+                "infer.example.com:8443",
+            ),
+            ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
+            ("http://[::1]:9000/", "[::1]:9000"),
+            ("https://infer.example.com:443/", "infer.example.com"),
+            ("http://infer.example.com:80/", "infer.example.com"),
+        ] {
+            assert_eq!(implied_host(&uri.parse().unwrap()), host, "{uri}");
+        }
     }
 }
 
@@ -132,7 +170,23 @@ pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
         pool,
         upgrades,
         rules,
+        http2_only: tls.http2 == Http2::Http2,
     })
+}
+
+/// The Host hyper writes for an HTTP/1.1 request to `uri`: the host, and
+/// the port unless it is the scheme's default.
+fn implied_host(uri: &http::Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let default = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    match uri.port_u16() {
+        Some(port) if Some(port) != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    }
 }
 
 /// Keeps `CryptoProvider` in the public signature stable for callers that

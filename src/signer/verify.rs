@@ -109,6 +109,14 @@ pub fn verify(
 
     let mut signed: Vec<(&str, &str)> = Vec::new();
     for name in auth.signed_headers.split(';') {
+        // HTTP/2 carries the host in `:authority` (hyper puts it in the URI), not in a header.
+        if name == "host"
+            && !headers.contains_key(http::header::HOST)
+            && let Some(authority) = uri.authority()
+        {
+            signed.push((name, authority.as_str()));
+            continue;
+        }
         let mut values = headers.get_all(name).iter();
         let value = values
             .next()

@@ -1,0 +1,537 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark: modelarts-proxy against nginx and against
+the upstream direct, on one machine, in one run, with one load generator
+(wrk), over alternated rounds. Run it through scripts/bench.sh (installs
+nginx and wrk, builds the release binaries).
+
+  scripts/bench.sh                         # every scenario, 5 rounds of 5 s
+  scripts/bench.sh --rounds 7 --duration 5 --only tls-h1,tls-h2
+  scripts/bench.sh --list                  # the scenarios
+
+What runs (all on 127.0.0.1, ports picked by the OS):
+  upstream   nginx, 1 worker: `return 200 '{"status":"ok"}'` (15 bytes) on a
+             plain port and on a TLS port offering h2 and http/1.1 by ALPN
+  peer       nginx, as many workers as the proxy has threads (2 here), a
+             reverse proxy with `proxy_set_header X-Auth-Token <static>` and a
+             keep-alive upstream pool (the job token and API-key mode do)
+  proxy      modelarts-proxy with one route per mode (no auth, token from the
+             stand-in IAM, API key, AK/SK auto/signed/unsigned, TLS), and a
+             second one with `[upstream_tls] http2 = "http1"` for the h1 row
+  stand-in   examples/stand_in (IAM only: the token mode's token)
+
+Both proxies log every request (nginx `access_log`, modelarts-proxy's access
+log at RUST_LOG=info) to files: what each ships with. `--quiet-logs` turns
+both off.
+
+Per scenario and round: wrk for --duration seconds after a 1 s warm-up; the
+proxy's (or nginx's master+workers') CPU seconds from /proc/PID/stat, peak
+RSS from VmHWM (reset with clear_refs before each run). Ratios are taken
+within a round (the scenarios of one round run back to back, in an order
+rotated each round), then the median over rounds is reported with the
+spread (min-max) of req/s.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TOKEN = "MIIbench-static-token-" + "x" * 64
+APP_CODE = "bench-app-code-0123456789abcdef"
+AK = "BENCHAKEXAMPLE000001"
+SK = "bench-sk-secret-0123456789abcdefghijkl"
+IAM_PASSWORD = "bench-iam-password"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Procs:
+    """Background processes, all stopped on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log, env=None):
+        p = subprocess.Popen(
+            args,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pids_of(group_leader):
+    """The leader and its children (nginx master + workers)."""
+    pids = [group_leader]
+    try:
+        out = subprocess.run(
+            ["pgrep", "-P", str(group_leader)], capture_output=True, text=True
+        ).stdout
+        pids += [int(x) for x in out.split()]
+    except FileNotFoundError:
+        pass
+    return pids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, IndexError):
+            pass
+    return total / CLK_TCK
+
+
+def kib(pid, key):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def reset_peak(pids):
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_rss_mib(pids):
+    return sum(kib(p, "VmHWM") for p in pids) / 1024
+
+
+# --------------------------------------------------------------------- setup
+
+
+def tls_files(work):
+    ca_key, ca, key, csr, cert = (
+        os.path.join(work, n) for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem")
+    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=bench CA"], **quiet)
+    subprocess.run(
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", key, "-out", csr, "-subj", "/CN=localhost"], **quiet)
+    ext = os.path.join(work, "ext.cnf")
+    open(ext, "w").write("subjectAltName=DNS:localhost\n")
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    return ca, cert, key
+
+
+def nginx_conf(work, name, workers, body, logs):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    access = f"access_log {d}/access.log;" if logs else "access_log off;"
+    conf = f"""
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    {access}
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_max_body_size 16m;
+    {body}
+}}
+"""
+    path = os.path.join(d, "nginx.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+def start_everything(args, work, procs):
+    ports = {k: free_port() for k in ("up", "up_tls", "peer", "peer_tls", "proxy", "proxy_h1", "iam")}
+    ca, cert, key = tls_files(work)
+    upstream = nginx_conf(work, "upstream", 1, f"""
+    server {{
+        listen 127.0.0.1:{ports['up']};
+        listen 127.0.0.1:{ports['up_tls']} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_session_cache shared:up:1m;
+        location / {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
+    }}""", logs=False)
+    peer = nginx_conf(work, "peer", args.threads, f"""
+    upstream up {{ server 127.0.0.1:{ports['up']}; keepalive 64; }}
+    upstream up_tls {{ server 127.0.0.1:{ports['up_tls']}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{ports['peer']};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Auth-Token "{TOKEN}";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{ports['peer_tls']};
+        location / {{
+            proxy_pass https://up_tls;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Auth-Token "{TOKEN}";
+            proxy_ssl_server_name on;
+            proxy_ssl_name localhost;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_session_reuse on;
+        }}
+    }}""", logs=not args.quiet_logs)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    up = procs.start([nginx, "-c", upstream, "-e", os.path.join(work, "upstream", "error.log")],
+                     os.path.join(work, "upstream.out"))
+    peer_p = procs.start([nginx, "-c", peer, "-e", os.path.join(work, "peer", "error.log")],
+                         os.path.join(work, "peer.out"))
+    iam = procs.start(
+        [os.path.join(ROOT, "target/release/examples/stand_in"), "--listen",
+         f"127.0.0.1:{ports['iam']}", "--token-lifetime", "24h"],
+        os.path.join(work, "iam.out"),
+        env={"STAND_IN_AK": AK, "STAND_IN_SK": SK, "STAND_IN_PASSWORD": IAM_PASSWORD},
+    )
+    for p in ("up", "up_tls", "peer", "peer_tls", "iam"):
+        wait_port(ports[p])
+
+    def proxy_config(listen, http2):
+        u = f"http://127.0.0.1:{ports['up']}/v1/infers/bench"
+        t = f"https://localhost:{ports['up_tls']}/v1/infers/bench"
+        return f"""
+[server]
+listen = "127.0.0.1:{listen}"
+[upstream_tls]
+roots = "none"
+ca_file = "{ca}"
+http2 = "{http2}"
+[[route]]
+prefix = "/none"
+upstream = "{u}"
+[[route]]
+prefix = "/token"
+upstream = "{u}"
+credentials = "iam"
+[[route]]
+prefix = "/apikey"
+upstream = "{u}"
+credentials = "key"
+[[route]]
+prefix = "/aksk"
+upstream = "{u}"
+credentials = "aksk"
+[[route]]
+prefix = "/aksk-signed"
+upstream = "{u}"
+credentials = "aksk"
+payload = "signed"
+[[route]]
+prefix = "/aksk-unsigned"
+upstream = "{u}"
+credentials = "aksk"
+payload = "unsigned"
+[[route]]
+prefix = "/tls"
+upstream = "{t}"
+credentials = "key"
+[credentials.iam]
+type = "token"
+iam_endpoint = "http://127.0.0.1:{ports['iam']}"
+user = "soak"
+password = {{ env = "BENCH_IAM_PASSWORD" }}
+domain = "soak"
+project = "cn-north-4"
+[credentials.key]
+type = "apikey"
+app_code = {{ env = "BENCH_APP_CODE" }}
+[credentials.aksk]
+type = "aksk"
+access_key = {{ env = "BENCH_AK" }}
+secret_key = {{ env = "BENCH_SK" }}
+"""
+
+    env = {
+        "BENCH_IAM_PASSWORD": IAM_PASSWORD,
+        "BENCH_APP_CODE": APP_CODE,
+        "BENCH_AK": AK,
+        "BENCH_SK": SK,
+        "RUST_LOG": "warn" if args.quiet_logs else "info",
+    }
+    binary = args.binary or os.path.join(ROOT, "target/release/modelarts-proxy")
+    proxies = {}
+    for name, port, http2 in (("proxy", ports["proxy"], "auto"), ("proxy_h1", ports["proxy_h1"], "http1")):
+        cfg = os.path.join(work, f"{name}.toml")
+        open(cfg, "w").write(proxy_config(port, http2))
+        proxies[name] = procs.start([binary, "run", "-c", cfg], os.path.join(work, f"{name}.log"), env=env)
+        wait_port(port)
+    # The token route answers once the first token is in.
+    for _ in range(100):
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                              f"http://127.0.0.1:{ports['proxy']}/token/"], capture_output=True, text=True)
+        if out.stdout == "200":
+            break
+        time.sleep(0.1)
+    return ports, {"upstream": up.pid, "peer": peer_p.pid, **{k: v.pid for k, v in proxies.items()}}
+
+
+# ----------------------------------------------------------------- scenarios
+
+
+def scenarios(ports):
+    up, peer, peer_tls = ports["up"], ports["peer"], ports["peer_tls"]
+    p, h1 = ports["proxy"], ports["proxy_h1"]
+    kib = "x" * 1000
+    one_k = '{"inputs":"' + kib + '"}'  # 1014 bytes
+    mib = lambda n: '{"inputs":"' + "x" * (n * 1024 * 1024 - 14) + '"}'  # noqa: E731
+    s = [
+        # name, url, who serves as "the proxy", method, body, connections, baseline group
+        ("direct", f"http://127.0.0.1:{up}/v1/infers/bench", None, "GET", None, None, "get"),
+        ("nginx", f"http://127.0.0.1:{peer}/v1/infers/bench", "peer", "GET", None, None, "get"),
+        ("mp-none", f"http://127.0.0.1:{p}/none", "proxy", "GET", None, None, "get"),
+        ("mp-token", f"http://127.0.0.1:{p}/token", "proxy", "GET", None, None, "get"),
+        ("mp-apikey", f"http://127.0.0.1:{p}/apikey", "proxy", "GET", None, None, "get"),
+        ("direct-post1k", f"http://127.0.0.1:{up}/v1/infers/bench", None, "POST", one_k, None, "post1k"),
+        ("nginx-post1k", f"http://127.0.0.1:{peer}/v1/infers/bench", "peer", "POST", one_k, None, "post1k"),
+        ("mp-aksk-post1k", f"http://127.0.0.1:{p}/aksk", "proxy", "POST", one_k, None, "post1k"),
+        ("mp-aksk-1m-signed", f"http://127.0.0.1:{p}/aksk-signed", "proxy", "POST", mib(1), 1, "big"),
+        ("mp-aksk-1m-unsigned", f"http://127.0.0.1:{p}/aksk-unsigned", "proxy", "POST", mib(1), 1, "big"),
+        ("mp-aksk-12m-signed", f"http://127.0.0.1:{p}/aksk-signed", "proxy", "POST", mib(12), 1, "big"),
+        ("mp-aksk-12m-unsigned", f"http://127.0.0.1:{p}/aksk-unsigned", "proxy", "POST", mib(12), 1, "big"),
+        ("nginx-tls", f"http://127.0.0.1:{peer_tls}/v1/infers/bench", "peer", "GET", None, None, "tls"),
+        ("tls-h1", f"http://127.0.0.1:{h1}/tls", "proxy_h1", "GET", None, None, "tls"),
+        ("tls-h2", f"http://127.0.0.1:{p}/tls", "proxy", "GET", None, None, "tls"),
+    ]
+    return s
+
+
+def lua(work, name, method, body):
+    path = os.path.join(work, f"{name}.lua")
+    with open(path, "w") as f:
+        f.write(f'wrk.method = "{method}"\n')
+        if body is not None:
+            f.write('wrk.headers["Content-Type"] = "application/json"\n')
+            f.write(f"wrk.body = [[{body}]]\n")
+    return path
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)$", text)
+    return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
+
+
+def wrk(url, script, connections, duration):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script, url],
+        capture_output=True, text=True,
+    ).stdout
+    r = {"raw": out}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+    r["max"] = ms(m.group(1)) if m else float("nan")
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+(\S+)", out)
+        r["p" + pct] = ms(m.group(1)) if m else float("nan")
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["errors"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    r["socket_errors"] = m.group(1) if m else ""
+    return r
+
+
+def run_one(sc, work, pids, args):
+    name, url, who, method, body, conns, _group = sc
+    script = lua(work, name, method, body)
+    conns = conns or args.connections
+    watched = pids_of(pids[who]) if who else []
+    wrk(url, script, conns, 1)  # warm-up (connections, pools, TLS sessions)
+    reset_peak(watched)
+    cpu0 = cpu_seconds(watched)
+    r = wrk(url, script, conns, args.duration)
+    cpu = cpu_seconds(watched) - cpu0
+    r["cpu_per_10k"] = cpu / r["requests"] * 10_000 if who and r["requests"] else float("nan")
+    r["rss"] = peak_rss_mib(watched) if who else float("nan")
+    return r
+
+
+# ------------------------------------------------------------------- report
+
+
+def med(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(x, digits=2):
+    if x != x:
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def report(rounds, scs):
+    baseline_nginx = {"get": "nginx", "post1k": "nginx-post1k", "tls": "nginx-tls"}
+    baseline_direct = {"get": "direct", "post1k": "direct-post1k"}
+    lines = [
+        "| scenario | req/s median (min–max) | × nginx | × direct | p50 ms | p99 ms | max ms | CPU s / 10k req | × nginx CPU | peak RSS MiB | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sc in scs:
+        name, group = sc[0], sc[6]
+        rows = [r[name] for r in rounds]
+        rps = [x["rps"] for x in rows]
+
+        def ratio(base, key):
+            if base is None or base == name:
+                return "—"
+            vals = [r[name][key] / r[base][key] for r in rounds if r[base][key]]
+            return fmt(med(vals)) + "×"
+
+        nb = baseline_nginx.get(group)
+        db = baseline_direct.get(group)
+        lines.append(
+            f"| {name} | {med(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) | {ratio(nb, 'rps')} | "
+            f"{ratio(db, 'rps')} | {fmt(med([x['p50'] for x in rows]), 3)} | "
+            f"{fmt(med([x['p99'] for x in rows]), 3)} | {fmt(med([x['max'] for x in rows]), 1)} | "
+            f"{fmt(med([x['cpu_per_10k'] for x in rows]), 3)} | "
+            f"{ratio(nb, 'cpu_per_10k') if sc[2] else '—'} | "
+            f"{fmt(med([x['rss'] for x in rows]), 1)} | {sum(x['errors'] for x in rows)} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measured run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="nginx peer workers")
+    ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--quiet-logs", action="store_true", help="no access logs in either proxy")
+    ap.add_argument("--binary", default="", help="the modelarts-proxy binary")
+    ap.add_argument("--out", default="", help="also write the table (markdown) here")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="mp-bench-")
+    procs = Procs()
+    try:
+        ports, pids = start_everything(args, work, procs)
+        scs = scenarios(ports)
+        if args.list:
+            for sc in scs:
+                print(sc[0])
+            return
+        if args.only:
+            keep = set(args.only.split(","))
+            scs = [sc for sc in scs if sc[0] in keep]
+        idle = kib(pids["proxy"], "VmRSS") / 1024
+        print(f"# modelarts-proxy idle RSS: {idle:.1f} MiB; work dir {work}", file=sys.stderr)
+        rounds = []
+        for i in range(args.rounds):
+            order = scs[i % len(scs):] + scs[: i % len(scs)]
+            results = {}
+            for sc in order:
+                results[sc[0]] = r = run_one(sc, work, pids, args)
+                print(f"round {i + 1}/{args.rounds} {sc[0]:<22} {r['rps']:>10,.0f} req/s  "
+                      f"p50 {fmt(r['p50'], 3)} ms  p99 {fmt(r['p99'], 3)} ms  non-2xx {r['errors']}"
+                      f"{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}",
+                      file=sys.stderr, flush=True)
+            rounds.append(results)
+        upstream_conns = established(ports["up_tls"])
+        table = report(rounds, scs)
+        machine = machine_line()
+        text = (f"{table}\n\nidle RSS of modelarts-proxy: {idle:.1f} MiB. "
+                f"Established connections to the TLS upstream at the end: {upstream_conns}.\n"
+                f"Machine: {machine}\n")
+        print(text)
+        if args.out:
+            open(args.out, "w").write(text)
+    finally:
+        procs.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def established(port):
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def machine_line():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return f"{os.cpu_count()} × {cpu}, Linux {os.uname().release}; {nginx}; {' '.join(wrk_v)}"
+
+
+if __name__ == "__main__":
+    main()
