@@ -75,28 +75,6 @@ impl HttpClient {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::implied_host;
-
-    #[test]
-    fn the_implied_host_is_the_authority_as_written_unless_it_has_a_default_port() {
-        for (uri, host) in [
-            ("https://Infer.Example.com/v1", "Infer.Example.com"),
-            (
-                "https://infer.example.com:8443/v1",
-                "infer.example.com:8443",
-            ),
-            ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
-            ("http://[::1]:9000/", "[::1]:9000"),
-            ("https://infer.example.com:443/", "infer.example.com"),
-            ("http://infer.example.com:80/", "infer.example.com"),
-        ] {
-            assert_eq!(implied_host(&uri.parse().unwrap()), host, "{uri}");
-        }
-    }
-}
-
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpClient").finish_non_exhaustive()
@@ -193,4 +171,26 @@ fn implied_host(uri: &http::Uri) -> String {
 /// want to reuse the same provider (tests building TLS servers).
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implied_host;
+
+    #[test]
+    fn the_implied_host_is_the_authority_as_written_unless_it_has_a_default_port() {
+        for (uri, host) in [
+            ("https://Infer.Example.com/v1", "Infer.Example.com"),
+            (
+                "https://infer.example.com:8443/v1",
+                "infer.example.com:8443",
+            ),
+            ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
+            ("http://[::1]:9000/", "[::1]:9000"),
+            ("https://infer.example.com:443/", "infer.example.com"),
+            ("http://infer.example.com:80/", "infer.example.com"),
+        ] {
+            assert_eq!(implied_host(&uri.parse().unwrap()), host, "{uri}");
+        }
+    }
 }
