@@ -498,11 +498,15 @@ def main():
                       f"{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}",
                       file=sys.stderr, flush=True)
             rounds.append(results)
-        upstream_conns = established(ports["up_tls"])
+        upstream_conns = established(
+            ports["up_tls"], {"tls-h2": pids["proxy"], "tls-h1": pids["proxy_h1"], "nginx-tls": pids["peer"]}
+        )
         table = report(rounds, scs)
         machine = machine_line()
         text = (f"{table}\n\nidle RSS of modelarts-proxy: {idle:.1f} MiB. "
-                f"Established connections to the TLS upstream at the end: {upstream_conns}.\n"
+                "Connections open to the TLS upstream at the end, by client: "
+                f"{', '.join(f'{k} {v}' for k, v in upstream_conns.items())} "
+                f"(wrk used {args.connections} client connections).\n"
                 f"Machine: {machine}\n")
         print(text)
         if args.out:
@@ -513,10 +517,18 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
 
 
-def established(port):
-    out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+def established(port, pids):
+    """Open connections to 127.0.0.1:port, per process of `pids` (name -> pid)."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
                          capture_output=True, text=True).stdout
-    return len([line for line in out.splitlines() if line.strip()])
+    counts = {}
+    for name, pid in pids.items():
+        family = set(pids_of(pid))
+        counts[name] = sum(
+            1 for line in out.splitlines()
+            if any(f"pid={p}," in line for p in family)
+        )
+    return counts
 
 
 def machine_line():
