@@ -269,7 +269,8 @@ impl StandIn {
     }
 
     async fn respond(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let websocket = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let websocket = crate::headers::is_websocket_upgrade(req.headers())
+            .then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, STAND_IN_MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -979,19 +980,6 @@ fn random_string(n: usize, alphabet: &[u8]) -> String {
 }
 
 /// `n` random letters and digits (demo passwords, app codes, ids).
-/// `Connection: upgrade` and `Upgrade: websocket`.
-fn is_websocket(headers: &http::HeaderMap) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
-}
-
 /// Echoes text and binary messages; answers a close with a close; closes
 /// itself on the text `bye`.
 async fn echo_websocket(upgrade: hyper::upgrade::OnUpgrade) {

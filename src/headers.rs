@@ -75,6 +75,24 @@ pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// True when a comma-separated header (`Connection`, `Upgrade`) lists
+/// `token`, in any case.
+pub fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// An HTTP/1.1 WebSocket handshake's headers: `Connection: upgrade` and
+/// `Upgrade: websocket`.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, http::header::CONNECTION, "upgrade")
+        && has_token(headers, http::header::UPGRADE, "websocket")
+}
+
 /// Removes hop-by-hop headers, and those `Connection` names, in place.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_listed(headers) {

@@ -34,11 +34,9 @@ pub struct Upgrade {
 /// The client's upgrade, when `req` is an HTTP/1.1 `GET` with `Upgrade:
 /// websocket` and `Connection: upgrade` on a connection that can upgrade.
 pub fn take<B>(req: &mut Request<B>) -> Option<Upgrade> {
-    let h = req.headers();
     let wants = req.method() == Method::GET
         && req.version() == Version::HTTP_11
-        && has_token(h, header::CONNECTION, "upgrade")
-        && has_token(h, header::UPGRADE, "websocket")
+        && headers::is_websocket_upgrade(req.headers())
         && req.extensions().get::<OnUpgrade>().is_some();
     if !wants {
         return None;
@@ -47,15 +45,6 @@ pub fn take<B>(req: &mut Request<B>) -> Option<Upgrade> {
         protocol: HeaderValue::from_static("websocket"),
         client: hyper::upgrade::on(req),
     })
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Where the spliced connection is logged from.
