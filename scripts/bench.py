@@ -442,7 +442,7 @@ def report(rounds, scs):
         rps = [x["rps"] for x in rows]
 
         def ratio(base, key):
-            if base is None or base == name:
+            if base is None or base == name or any(base not in r for r in rounds):
                 return "—"
             vals = [r[name][key] / r[base][key] for r in rounds if r[base][key]]
             return fmt(med(vals)) + "×"
@@ -471,6 +471,8 @@ def main():
     ap.add_argument("--binary", default="", help="the modelarts-proxy binary")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--serve", action="store_true",
+                    help="start everything, print the ports and PIDs, wait for Ctrl-C (to profile by hand)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="mp-bench-")
@@ -481,6 +483,13 @@ def main():
         if args.list:
             for sc in scs:
                 print(sc[0])
+            return
+        if args.serve:
+            for sc in scs:
+                print(f"{sc[0]:<22} {sc[3]:<4} {sc[1]}")
+            print(f"pids: {pids}; work dir {work}; Ctrl-C stops", flush=True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
+            signal.sigwait([signal.SIGINT, signal.SIGTERM])
             return
         if args.only:
             keep = set(args.only.split(","))

@@ -30,3 +30,4 @@ pub mod secret;
 pub mod server;
 pub mod signer;
 pub mod state;
+pub mod worker;

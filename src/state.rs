@@ -77,13 +77,17 @@ impl State {
         runtime: Runtime,
         previous: Option<&State>,
     ) -> Result<State, Vec<Problem>> {
-        let client =
-            crate::client::build(&config.upstream_tls, &config.egress).map_err(|message| {
-                vec![Problem {
-                    path: "upstream_tls.ca_file".to_owned(),
-                    message,
-                }]
-            })?;
+        let client = crate::client::build_for_workers(
+            &config.upstream_tls,
+            &config.egress,
+            config.server.worker_threads(),
+        )
+        .map_err(|message| {
+            vec![Problem {
+                path: "upstream_tls.ca_file".to_owned(),
+                message,
+            }]
+        })?;
         let clock = if config.server.clock_skew_correction {
             runtime.skew.corrected(runtime.clock.clone())
         } else {

@@ -94,10 +94,16 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` serves connections on worker threads of its own
+    // (`server.workers`); this thread keeps signals, reloads, credential
+    // refreshes and the admin endpoints.
+    let runtime = match cli.command {
+        Command::Run(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -191,13 +191,24 @@ pub(super) async fn serve(state: State, config_path: Option<PathBuf>, watch: boo
             return 1;
         }
     };
-    log_startup(&daemon);
+    let workers = daemon.shared().state.load().config.server.worker_threads();
+    let daemon = daemon.on_workers(workers);
     if let Some(path) = config_path {
         if watch {
             tokio::spawn(reload_on_change(daemon.shared(), path.clone()));
         }
-        tokio::spawn(reload_on_sighup(daemon.shared(), path));
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(daemon.shared(), path, hup));
+            }
+            Err(e) => tracing::warn!("cannot listen for SIGHUP ({e}); reload with --watch"),
+        }
     }
+    log_startup(&daemon);
+    tracing::info!(
+        "serving on {workers} worker thread{}",
+        if workers == 1 { "" } else { "s" }
+    );
     daemon.run(signals).await;
     0
 }
@@ -220,16 +231,15 @@ async fn reload_on_change(shared: Arc<Shared>, path: PathBuf) {
     }
 }
 
-async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            reload(&shared, &path);
-        }
+/// Reloads on each SIGHUP; `hup` is registered before the daemon says it
+/// is listening, so no SIGHUP (whose default action kills) is missed.
+async fn reload_on_sighup(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        reload(&shared, &path);
     }
 }
 
@@ -252,6 +262,9 @@ pub fn reload(shared: &Shared, path: &Path) -> bool {
                 tracing::warn!(
                     "reload: listen addresses change only on restart; keeping the current ones"
                 );
+            }
+            if old.config.server.workers != state.config.server.workers {
+                tracing::warn!("reload: server.workers changes only on restart");
             }
             if old.config.server.max_connections != state.config.server.max_connections {
                 tracing::warn!(

@@ -22,20 +22,36 @@ use crate::error::ProxyBody;
 
 type Pool = Client<HttpsConnector<egress::Connector>, ProxyBody>;
 
-/// The upstream client: cheap to clone, one connection pool per clone
-/// family (IAM, metadata and proxied requests share it).
+/// The upstream client: cheap to clone; its clones share the connection
+/// pools (IAM, metadata and proxied requests share them). There is one set
+/// of pools per worker thread, plus one for every other thread, so an
+/// upstream connection's task runs on the worker whose requests use it
+/// (see [`crate::worker`]).
 #[derive(Clone)]
 pub struct HttpClient {
-    /// Every ordinary request: h2 or HTTP/1.1 as `[upstream_tls] http2` says.
-    pool: Pool,
-    /// WebSocket handshakes: HTTP/1.1 only (an upgrade has no h2 form here).
-    upgrades: Pool,
+    /// Per worker, then one for the rest.
+    pools: Arc<[Pools]>,
     rules: Arc<Rules>,
     /// `[upstream_tls] http2 = "http2"`: the main pool speaks nothing else.
     http2_only: bool,
 }
 
+/// One thread's connection pools.
+struct Pools {
+    /// Every ordinary request: h2 or HTTP/1.1 as `[upstream_tls] http2` says.
+    pool: Pool,
+    /// WebSocket handshakes: HTTP/1.1 only (an upgrade has no h2 form here).
+    upgrades: Pool,
+}
+
 impl HttpClient {
+    /// This thread's pools.
+    fn here(&self) -> &Pools {
+        let rest = self.pools.len() - 1;
+        let i = crate::worker::current().filter(|&i| i < rest);
+        &self.pools[i.unwrap_or(rest)]
+    }
+
     /// Sends `req` (absolute URI), adding `Proxy-Authorization` when it goes
     /// to an egress proxy in absolute form.
     pub fn request(&self, mut req: Request<ProxyBody>) -> ResponseFuture {
@@ -51,14 +67,14 @@ impl HttpClient {
         };
         if !keep_host {
             req.headers_mut().remove(header::HOST);
-            return self.pool.request(self.authorize(req));
+            return self.here().pool.request(self.authorize(req));
         }
-        self.upgrades.request(self.authorize(req))
+        self.here().upgrades.request(self.authorize(req))
     }
 
     /// Sends an `Upgrade` handshake over HTTP/1.1.
     pub fn upgrade(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        self.upgrades.request(self.authorize(req))
+        self.here().upgrades.request(self.authorize(req))
     }
 
     /// How `dst` is reached (for logs and `check`).
@@ -100,9 +116,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the client. Fails with a message naming the CA file when it
-/// cannot be read or holds no certificate.
+/// Builds the client with one set of pools. Fails with a message naming
+/// the CA file when it cannot be read or holds no certificate.
 pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
+    build_for_workers(tls, egress, 0)
+}
+
+/// Builds the client with a set of pools for each of `workers` worker
+/// threads and one for every other thread.
+pub fn build_for_workers(
+    tls: &UpstreamTls,
+    egress: &Egress,
+    workers: usize,
+) -> Result<HttpClient, String> {
     let config = tls::client_config(tls)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -110,7 +136,24 @@ pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let rules = Arc::new(Rules::new(egress));
     let connector = egress::Connector::new(http.clone(), rules.clone());
+    let pools = (0..=workers)
+        .map(|_| Pools {
+            pool: main_pool(tls, &config, &connector),
+            upgrades: upgrade_pool(&config, &http, &rules),
+        })
+        .collect();
+    Ok(HttpClient {
+        pools,
+        rules,
+        http2_only: tls.http2 == Http2::Http2,
+    })
+}
 
+fn main_pool(
+    tls: &UpstreamTls,
+    config: &rustls::ClientConfig,
+    connector: &egress::Connector,
+) -> Pool {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.clone())
         .https_or_http();
@@ -131,25 +174,21 @@ pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
         .http2_keep_alive_timeout(H2_PING_TIMEOUT)
         .http2_adaptive_window(true)
         .http2_only(tls.http2 == Http2::Http2);
-    let pool = builder.build(https);
+    builder.build(https)
+}
 
-    let upgrades = Client::builder(TokioExecutor::new())
+fn upgrade_pool(config: &rustls::ClientConfig, http: &HttpConnector, rules: &Arc<Rules>) -> Pool {
+    Client::builder(TokioExecutor::new())
         .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config)
+                .with_tls_config(config.clone())
                 .https_or_http()
                 .enable_http1()
-                .wrap_connector(egress::Connector::tunnelling(http, rules.clone())),
-        );
-    Ok(HttpClient {
-        pool,
-        upgrades,
-        rules,
-        http2_only: tls.http2 == Http2::Http2,
-    })
+                .wrap_connector(egress::Connector::tunnelling(http.clone(), rules.clone())),
+        )
 }
 
 /// The Host hyper writes for an HTTP/1.1 request to `uri`: the host, and

@@ -62,6 +62,7 @@ pub const KEYS: &[&str] = &[
     "max_header_bytes",
     "clock_skew_correction",
     "unix_mode",
+    "workers",
 ];
 
 /// The file mode of a `unix:` listener's socket: owner and group.
@@ -125,6 +126,9 @@ pub struct Server {
     pub clock_skew_correction: bool,
     /// File mode of `unix:` listeners' sockets.
     pub unix_mode: u32,
+    /// Worker threads, each a single-threaded runtime serving whole
+    /// connections; `None`: one per CPU this process may use.
+    pub workers: Option<usize>,
 }
 
 impl Default for Server {
@@ -147,11 +151,26 @@ impl Default for Server {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             clock_skew_correction: true,
             unix_mode: DEFAULT_UNIX_MODE,
+            workers: None,
         }
     }
 }
 
+/// The most worker threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 impl Server {
+    /// The worker threads to run: `workers`, or one per CPU this process
+    /// may use (its affinity mask and cgroup CPU quota, as
+    /// `std::thread::available_parallelism` reads them).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZero::get)
+                .min(MAX_WORKERS)
+        })
+    }
+
     /// True when `peer` may use the proxy (`allow_clients`).
     pub fn client_allowed(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
@@ -216,6 +235,9 @@ pub(super) fn server(report: &mut Report, s: &Section<'_>, sources: &dyn Sources
             .bool(report, "clock_skew_correction")
             .unwrap_or(d.clock_skew_correction),
         unix_mode: unix_mode(report, s).unwrap_or(d.unix_mode),
+        workers: s
+            .integer(report, "workers", 1, MAX_WORKERS as i64)
+            .map(|n| n as usize),
     };
     if server.allow_remote && server.allow_clients.is_none() && server.require_header.is_none() {
         report.warn(

@@ -388,6 +388,7 @@ allow_clients = ["10.0.0.0/8", "192.168.1.7", "::1/128"]
 require_header = {{ name = "X-Proxy-Key", value = {{ env = "SK" }} }}
 shutdown_delay = "3s"
 max_header_bytes = "8KiB"
+workers = 3
 {MINIMAL}"#
         ),
         &env(),
@@ -401,6 +402,7 @@ max_header_bytes = "8KiB"
     assert_eq!(s.buffer_wait, Duration::ZERO);
     assert_eq!(s.shutdown_delay, Duration::from_secs(3));
     assert_eq!(s.max_header_bytes, 8 * 1024);
+    assert_eq!((s.workers, s.worker_threads()), (Some(3), 3));
     assert!(s.client_allowed("10.9.8.7".parse().unwrap()));
     assert!(s.client_allowed("192.168.1.7".parse().unwrap()));
     assert!(!s.client_allowed("192.168.1.8".parse().unwrap()));
@@ -432,6 +434,9 @@ max_header_bytes = "8KiB"
         (Duration::ZERO, 32 * 1024)
     );
     assert!(d.allow_clients.is_none() && d.require_header.is_none());
+    // Unset workers: one per CPU this process may use.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!((d.workers, d.worker_threads()), (None, cpus));
 }
 
 #[test]
@@ -446,6 +451,7 @@ allow_clients = ["10.0.0.0/33", "not-an-ip", 7]
 require_header = {{ name = "Host", value = {{ env = "NOPE" }} }}
 shutdown_delay = "soon"
 max_header_bytes = "1KiB"
+workers = 0
 {MINIMAL}"#
     ));
     let paths: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
@@ -460,6 +466,7 @@ max_header_bytes = "1KiB"
         "server.require_header.value",
         "server.shutdown_delay",
         "server.max_header_bytes",
+        "server.workers",
     ] {
         assert!(paths.contains(&want), "no error at {want}: {errs:#?}");
     }

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod signals;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,13 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::state::{Shared, State};
 use conn::{Guard, Phase};
 use limits::AcceptErrors;
 use listener::{Listener, Stream};
 pub use signals::{Once, OsSignals, Signals};
+pub use workers::Workers;
 
 /// After a failed `accept` (e.g. out of file descriptors), wait this long
 /// before the next, instead of spinning.
@@ -33,6 +35,8 @@ pub struct Daemon {
     listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     max_connections: usize,
+    /// Worker threads to serve connections on; 0: the runtime `run` is called on.
+    workers: usize,
 }
 
 impl Daemon {
@@ -66,7 +70,16 @@ impl Daemon {
             listeners,
             admin,
             max_connections,
+            workers: 0,
         })
+    }
+
+    /// Serves client connections on `n` worker threads, each a
+    /// single-threaded runtime of its own (see [`Workers`]), instead of on
+    /// the runtime that calls [`run`](Daemon::run).
+    pub fn on_workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
     }
 
     /// The TCP addresses actually bound (port 0 resolved).
@@ -110,10 +123,20 @@ impl Daemon {
             phase: watch::channel(Phase::Serving).0,
         });
         let draining = Arc::new(AtomicBool::new(false));
+        let workers = match self.workers {
+            0 => None,
+            n => match Workers::start(n) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::warn!("cannot start {n} worker threads ({e}); serving on one");
+                    None
+                }
+            },
+        };
         let acceptors: Vec<_> = self
             .listeners
             .into_iter()
-            .map(|l| tokio::spawn(accept_loop(l, guard.clone())))
+            .map(|l| tokio::spawn(accept_loop(l, guard.clone(), workers.clone())))
             .collect();
         let admin = self
             .admin
@@ -145,6 +168,29 @@ impl Daemon {
         }
         if let Some(t) = admin {
             t.abort();
+        }
+        // The acceptors held the other references; they are aborted, but
+        // may not have been dropped yet.
+        drop(acceptors);
+        if let Some(workers) = workers {
+            stop_workers(workers).await;
+        }
+    }
+}
+
+/// Stops the worker threads (off the async thread: joining blocks).
+async fn stop_workers(workers: Arc<Workers>) {
+    let mut workers = workers;
+    for _ in 0..100 {
+        match Arc::try_unwrap(workers) {
+            Ok(w) => {
+                let _ = tokio::task::spawn_blocking(move || drop(w)).await;
+                return;
+            }
+            Err(still_shared) => {
+                workers = still_shared;
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
@@ -178,6 +224,54 @@ async fn drain(guard: &Guard, grace: Duration, signals: &mut impl Signals) {
     guard.phase.send_replace(Phase::Cut);
 }
 
+/// Serves an accepted connection: on the least loaded worker thread, or
+/// here. A socket moves to a worker unregistered (as a std socket) and is
+/// registered with that worker's runtime there.
+fn hand_off(
+    stream: Stream,
+    slot: OwnedSemaphorePermit,
+    guard: Arc<Guard>,
+    workers: Option<&Workers>,
+) {
+    let Some(workers) = workers else {
+        match stream {
+            Stream::Tcp(s, peer) => tokio::spawn(conn::serve(s, Some(peer), slot, guard)),
+            // A Unix socket's clients are whoever its file mode lets in.
+            Stream::Unix(s) => tokio::spawn(conn::serve(s, None, slot, guard)),
+        };
+        return;
+    };
+    let moved = match stream {
+        Stream::Tcp(s, peer) => s.into_std().map(|s| Moved::Tcp(s, peer)),
+        Stream::Unix(s) => s.into_std().map(Moved::Unix),
+    };
+    let moved = match moved {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("cannot hand an accepted connection to a worker: {e}");
+            return;
+        }
+    };
+    workers.serve(move || async move {
+        match moved {
+            Moved::Tcp(s, peer) => match tokio::net::TcpStream::from_std(s) {
+                Ok(s) => conn::serve(s, Some(peer), slot, guard).await,
+                Err(e) => tracing::warn!("a worker cannot take an accepted connection: {e}"),
+            },
+            Moved::Unix(s) => match tokio::net::UnixStream::from_std(s) {
+                Ok(s) => conn::serve(s, None, slot, guard).await,
+                Err(e) => tracing::warn!("a worker cannot take an accepted connection: {e}"),
+            },
+        }
+    });
+}
+
+/// An accepted connection on its way to a worker.
+enum Moved {
+    Tcp(std::net::TcpStream, SocketAddr),
+    Unix(std::os::unix::net::UnixStream),
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
@@ -187,7 +281,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 /// Accepts while a connection slot is free; at `max_connections`, stops
 /// accepting (connections wait in the kernel's backlog) and signals
 /// pressure, so idle connections make room.
-async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
+async fn accept_loop(listener: Listener, guard: Arc<Guard>, workers: Option<Arc<Workers>>) {
     let mut errors = AcceptErrors::default();
     let mut at_limit_logged = false;
     loop {
@@ -219,13 +313,7 @@ async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
                 if guard.slots.available_permits() > guard.max / 10 {
                     at_limit_logged = false;
                 }
-                match stream {
-                    Stream::Tcp(s, peer) => {
-                        tokio::spawn(conn::serve(s, Some(peer), slot, guard.clone()))
-                    }
-                    // A Unix socket's clients are whoever its file mode lets in.
-                    Stream::Unix(s) => tokio::spawn(conn::serve(s, None, slot, guard.clone())),
-                };
+                hand_off(stream, slot, guard.clone(), workers.as_deref());
             }
             Err(e) => {
                 guard.shared.metrics.accept_errors.inc();

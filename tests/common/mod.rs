@@ -188,8 +188,14 @@ async fn bound(
     if v.config.server.admin_listen.is_some() {
         v.config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     }
+    // `server.workers`, when a test sets it, runs the daemon on worker
+    // threads as `run` does; otherwise it serves on the test's runtime.
+    let workers = v.config.server.workers.unwrap_or(0);
     let state = State::build_with(v.config, runtime, None).expect("state builds");
-    let daemon = Daemon::bind(state).await.expect("binds");
+    let daemon = Daemon::bind(state)
+        .await
+        .expect("binds")
+        .on_workers(workers);
     let proxy = Proxy {
         addr: daemon
             .local_addrs()
