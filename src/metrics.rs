@@ -5,12 +5,16 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+mod sharded;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+
+pub use sharded::{Counter as SlotCounter, Histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -81,8 +85,7 @@ pub struct ReasonLabels {
 }
 
 /// What [`Metrics::request_done`] records.
-pub struct Done<'a> {
-    pub route: &'a str,
+pub struct Done {
     pub status: u16,
     pub total: Duration,
     pub bytes_in: u64,
@@ -94,17 +97,17 @@ pub struct Done<'a> {
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, SlotCounter>,
     pub errors: Family<ErrorLabels, Counter>,
-    pub upstream_latency: Family<RouteLabels, Histogram>,
+    pub upstream_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub in_flight: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
     pub credential_refreshes: Family<CredentialResultLabels, Counter>,
     pub credential_expiry: Family<CredentialLabels, Gauge>,
     pub credential_replays: Family<CredentialLabels, Counter>,
-    pub request_duration: Family<RouteLabels, Histogram>,
-    pub request_bytes: Family<RouteLabels, Counter>,
-    pub response_bytes: Family<RouteLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub request_bytes: Family<RouteLabels, SlotCounter>,
+    pub response_bytes: Family<RouteLabels, SlotCounter>,
     pub stream_failures: Family<CauseLabels, Counter>,
     pub connections_open: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
@@ -122,6 +125,19 @@ pub struct Metrics {
 /// 5 ms .. ~41 s: predictions range from milliseconds to the gateway's 40 s cut.
 fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// One route's per-request metrics, looked up once per route (when the
+/// state is built) rather than by label on every request.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    /// The route prefix as configured, or `none`.
+    pub route: String,
+    ok: SlotCounter,
+    duration: Histogram,
+    upstream: Histogram,
+    bytes_in: SlotCounter,
+    bytes_out: SlotCounter,
 }
 
 /// Registers each metric as it is made.
@@ -206,39 +222,51 @@ impl Metrics {
             .inc();
     }
 
+    /// The per-request metrics of `route`.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let labels = RouteLabels {
+            route: route.to_owned(),
+        };
+        RouteMetrics {
+            route: route.to_owned(),
+            ok: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_owned(),
+                    status: 200,
+                })
+                .clone(),
+            duration: self.request_duration.get_or_create(&labels).clone(),
+            upstream: self.upstream_latency.get_or_create(&labels).clone(),
+            bytes_in: self.request_bytes.get_or_create(&labels).clone(),
+            bytes_out: self.response_bytes.get_or_create(&labels).clone(),
+        }
+    }
+
     /// A response head from the upstream, `after` the request arrived.
-    pub fn upstream_head(&self, route: &str, after: Duration) {
-        self.upstream_latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(after.as_secs_f64());
+    pub fn upstream_head(&self, route: &RouteMetrics, after: Duration) {
+        route.upstream.observe(after);
     }
 
     /// A request whose response body has ended (or failed, or was dropped).
-    pub fn request_done(&self, done: &Done<'_>) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: done.route.to_owned(),
-                status: done.status,
-            })
-            .inc();
-        let route = RouteLabels {
-            route: done.route.to_owned(),
-        };
-        self.request_duration
-            .get_or_create(&route)
-            .observe(done.total.as_secs_f64());
-        self.request_bytes
-            .get_or_create(&route)
-            .inc_by(done.bytes_in);
-        self.response_bytes
-            .get_or_create(&route)
-            .inc_by(done.bytes_out);
+    pub fn request_done(&self, route: &RouteMetrics, done: &Done) {
+        if done.status == 200 {
+            route.ok.inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.route.clone(),
+                    status: done.status,
+                })
+                .inc();
+        }
+        route.duration.observe(done.total);
+        route.bytes_in.inc_by(done.bytes_in);
+        route.bytes_out.inc_by(done.bytes_out);
         if let Some(cause) = done.failure {
             self.stream_failures
                 .get_or_create(&CauseLabels {
-                    route: route.route,
+                    route: route.route.clone(),
                     cause,
                 })
                 .inc();

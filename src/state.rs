@@ -14,7 +14,7 @@ use crate::clock::{self, Clock, Skew};
 use crate::config::walk::Problem;
 use crate::config::{Config, Credentials};
 use crate::credentials::{Sources, System};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 
 /// Everything a request needs, swapped whole on reload.
 pub struct State {
@@ -30,6 +30,8 @@ pub struct State {
     pub skew: Arc<Skew>,
     /// Request-body bytes held in memory (DESIGN §8).
     pub budget: Budget,
+    /// Each route's request metrics, by prefix.
+    pub route_metrics: HashMap<String, Arc<RouteMetrics>>,
     runtime: Runtime,
 }
 
@@ -130,7 +132,13 @@ impl State {
             _ => Budget::new(total, runtime.metrics.buffered_bytes.clone()),
         };
         runtime.metrics.buffer_budget.set(total as i64);
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| (r.prefix.clone(), Arc::new(runtime.metrics.route(&r.prefix))))
+            .collect();
         Ok(State {
+            route_metrics,
             config,
             client,
             providers,

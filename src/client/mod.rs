@@ -61,15 +61,19 @@ impl HttpClient {
         // port); so a Host equal to that is left to hyper, and works on
         // either. A Host that differs (an upstream written with its default
         // port, signed verbatim) is kept, and then only HTTP/1.1 is offered.
-        let keep_host = match req.headers().get(header::HOST) {
-            None => false,
-            Some(host) => *host != implied_host(req.uri()) && !self.http2_only,
-        };
-        if !keep_host {
-            req.headers_mut().remove(header::HOST);
-            return self.here().pool.request(self.authorize(req));
+        // A plain http:// upstream is only ever spoken to in HTTP/1.1 (no
+        // ALPN) unless `http2 = "http2"`, so its Host is kept as it is.
+        let plain_h1 = req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && !self.http2_only;
+        if !plain_h1 {
+            match req.headers().get(header::HOST) {
+                None => {}
+                Some(host) if self.http2_only || is_implied_host(host.as_bytes(), req.uri()) => {
+                    req.headers_mut().remove(header::HOST);
+                }
+                Some(_) => return self.here().upgrades.request(self.authorize(req)),
+            }
         }
-        self.here().upgrades.request(self.authorize(req))
+        self.here().pool.request(self.authorize(req))
     }
 
     /// Sends an `Upgrade` handshake over HTTP/1.1.
@@ -191,18 +195,24 @@ fn upgrade_pool(config: &rustls::ClientConfig, http: &HttpConnector, rules: &Arc
         )
 }
 
-/// The Host hyper writes for an HTTP/1.1 request to `uri`: the host, and
-/// the port unless it is the scheme's default.
-fn implied_host(uri: &http::Uri) -> String {
-    let host = uri.host().unwrap_or_default();
+/// True when `host` is the Host hyper writes for an HTTP/1.1 request to
+/// `uri`: the host, and the port unless it is the scheme's default.
+fn is_implied_host(host: &[u8], uri: &http::Uri) -> bool {
+    let name = uri.host().unwrap_or_default().as_bytes();
     let default = match uri.scheme_str() {
         Some("https") => Some(443),
         Some("http") => Some(80),
         _ => None,
     };
+    let Some(rest) = host.strip_prefix(name) else {
+        return false;
+    };
     match uri.port_u16() {
-        Some(port) if Some(port) != default => format!("{host}:{port}"),
-        _ => host.to_owned(),
+        Some(port) if Some(port) != default => rest
+            .strip_prefix(b":")
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .is_some_and(|p| !p.starts_with('0') && p.parse() == Ok(port)),
+        _ => rest.is_empty(),
     }
 }
 
@@ -214,7 +224,7 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 
 #[cfg(test)]
 mod tests {
-    use super::implied_host;
+    use super::is_implied_host;
 
     #[test]
     fn the_implied_host_is_the_authority_as_written_unless_it_has_a_default_port() {
@@ -229,7 +239,23 @@ mod tests {
             ("https://infer.example.com:443/", "infer.example.com"),
             ("http://infer.example.com:80/", "infer.example.com"),
         ] {
-            assert_eq!(implied_host(&uri.parse().unwrap()), host, "{uri}");
+            assert!(
+                is_implied_host(host.as_bytes(), &uri.parse().unwrap()),
+                "{uri}"
+            );
+        }
+        for (uri, host) in [
+            ("https://infer.example.com:443/", "infer.example.com:443"),
+            ("https://infer.example.com:8443/", "infer.example.com"),
+            ("https://infer.example.com:8443/", "infer.example.com:08443"),
+            ("https://infer.example.com:8443/", "infer.example.com:844"),
+            ("https://infer.example.com/", "infer.example.co"),
+            ("https://infer.example.com/", "other.example.com"),
+        ] {
+            assert!(
+                !is_implied_host(host.as_bytes(), &uri.parse().unwrap()),
+                "{uri} {host}"
+            );
         }
     }
 }

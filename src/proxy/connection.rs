@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Shared by the server's connection task and every request on it.
@@ -18,7 +17,6 @@ pub struct Connection {
     served: AtomicU64,
     /// When the connection last had no request in flight: nanoseconds after `opened`.
     idle_since: AtomicU64,
-    became_idle: Notify,
     /// A WebSocket spliced onto this connection after its handshake.
     tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -31,7 +29,6 @@ impl Connection {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
-            became_idle: Notify::new(),
             tunnel: std::sync::Mutex::new(None),
         }
     }
@@ -77,30 +74,29 @@ impl Connection {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             let nanos = self.opened.elapsed().as_nanos() as u64;
             self.idle_since.store(nanos, Ordering::Release);
-            self.became_idle.notify_waiters();
         }
     }
 
     /// Resolves once the connection has had no request in flight for `idle`
     /// (counting from when it opened, or from the end of its last response).
+    ///
+    /// Nothing wakes it when a request starts or ends (that would cost a
+    /// wake-up and a timer per request): it looks when a timer it set fires.
+    /// A busy connection is looked at again after `idle`, since it cannot
+    /// have been idle for `idle` any sooner; an idle one at the moment it
+    /// will have been idle for `idle`, and then only if no request came
+    /// and went in between.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
-            let woken = self.became_idle.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
             if !self.is_idle() {
-                woken.await;
+                tokio::time::sleep(idle).await;
                 continue;
             }
             let since = self.idle_since.load(Ordering::Acquire);
             let deadline = self.opened + Duration::from_nanos(since) + idle;
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.is_idle() && self.idle_since.load(Ordering::Acquire) == since {
-                        return;
-                    }
-                }
-                () = &mut woken => {}
+            tokio::time::sleep_until(deadline).await;
+            if self.is_idle() && self.idle_since.load(Ordering::Acquire) == since {
+                return;
             }
         }
     }
@@ -116,6 +112,21 @@ mod tests {
         let start = Instant::now();
         c.idle_for(Duration::from_secs(30)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_comes_and_goes_while_the_timer_runs_restarts_the_count() {
+        let c = std::sync::Arc::new(Connection::new(None));
+        let c2 = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            c2.request_started();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            c2.request_finished();
+        });
+        let start = Instant::now();
+        c.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(55));
     }
 
     #[tokio::test(start_paused = true)]

@@ -73,7 +73,9 @@ where
     guard::check_head(&req, server)?;
     // Which upstream: the longest matching prefix.
     let (route, rest) = find_route(state, req.uri().path())?;
-    exchange.set_route(&route.prefix);
+    if let Some(metrics) = state.route_metrics.get(&route.prefix) {
+        exchange.set_route(metrics.clone());
+    }
     // A WebSocket handshake keeps its Upgrade headers; after a 101 the connection is spliced.
     let websocket = upgrade::take(&mut req);
     // The gateway's size limit before any byte is read; the body is counted and idle-timed as it streams.

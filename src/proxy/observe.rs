@@ -17,7 +17,7 @@ use super::connection::Connection;
 use crate::body::{IdleTimer, Progress};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayRequestId;
-use crate::metrics::{Done, Metrics};
+use crate::metrics::{Done, Metrics, RouteMetrics};
 use crate::request_id::X_REQUEST_ID;
 
 /// How a response body ended.
@@ -57,7 +57,8 @@ pub struct Exchange {
     started: Instant,
     method: Method,
     path: String,
-    route: String,
+    /// `None` until a route matched.
+    route: Option<Arc<RouteMetrics>>,
     status: u16,
     error: Option<&'static str>,
     head_after: Duration,
@@ -87,7 +88,7 @@ impl Exchange {
             started: Instant::now(),
             method: method.clone(),
             path: path.to_owned(),
-            route: "none".to_owned(),
+            route: None,
             status: 0,
             error: None,
             head_after: Duration::ZERO,
@@ -104,8 +105,20 @@ impl Exchange {
         &self.request_id
     }
 
-    pub fn set_route(&mut self, prefix: &str) {
-        prefix.clone_into(&mut self.route);
+    pub fn set_route(&mut self, route: Arc<RouteMetrics>) {
+        self.route = Some(route);
+    }
+
+    /// The route prefix, or `none` when no route matched.
+    fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| r.route.as_str())
+    }
+
+    /// The matched route's metrics, or those of `none`.
+    fn route_metrics(&mut self) -> Arc<RouteMetrics> {
+        self.route
+            .get_or_insert_with(|| Arc::new(self.metrics.route("none")))
+            .clone()
     }
 
     pub fn set_request_body(&mut self, progress: Arc<Progress>) {
@@ -122,13 +135,14 @@ impl Exchange {
         self.head_after = self.started.elapsed();
         let mut response = match result {
             Ok(response) => {
-                self.metrics.upstream_head(&self.route, self.head_after);
+                let route = self.route_metrics();
+                self.metrics.upstream_head(&route, self.head_after);
                 response
             }
             Err(err) => {
                 let id = self.request_id.to_str().unwrap_or_default();
-                tracing::warn!(route = %self.route, method = %self.method, path = %self.path, code = err.code(), request_id = id, "{err}");
-                self.metrics.proxy_error(&self.route, err.code());
+                tracing::warn!(route = self.route_name(), method = %self.method, path = %self.path, code = err.code(), request_id = id, "{err}");
+                self.metrics.proxy_error(self.route_name(), err.code());
                 self.error = Some(err.code());
                 err.to_response(id)
             }
@@ -164,14 +178,17 @@ impl Exchange {
         let bytes_in = self.request_body.as_ref().map_or(0, |p| p.bytes());
         let failure = (outcome != Outcome::Complete).then(|| outcome.as_str());
         self.metrics.in_flight.dec();
-        self.metrics.request_done(&Done {
-            route: &self.route,
-            status: self.status,
-            total,
-            bytes_in,
-            bytes_out: self.bytes_out,
-            failure,
-        });
+        let route = self.route_metrics();
+        self.metrics.request_done(
+            &route,
+            &Done {
+                status: self.status,
+                total,
+                bytes_in,
+                bytes_out: self.bytes_out,
+                failure,
+            },
+        );
         self.conn.request_finished();
         let peer = self.conn.peer().map(|p| p.to_string());
         tracing::info!(
@@ -180,7 +197,7 @@ impl Exchange {
             gateway_request_id = self.gateway_request_id.as_deref().unwrap_or(""),
             method = %self.method,
             path = %self.path,
-            route = %self.route,
+            route = self.route_name(),
             status = self.status,
             error = self.error.unwrap_or(""),
             outcome = outcome.as_str(),
@@ -226,7 +243,7 @@ impl Body for ResponseBody {
                 let err = ResponseIdle {
                     after: this.idle.after(),
                 };
-                tracing::warn!(route = %this.exchange.route, path = %this.exchange.path, "{err}; the stream is cut");
+                tracing::warn!(route = this.exchange.route_name(), path = %this.exchange.path, "{err}; the stream is cut");
                 this.exchange.finish(Outcome::IdleTimeout);
                 Poll::Ready(Some(Err(Box::new(err))))
             }
@@ -238,7 +255,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(route = %this.exchange.route, path = %this.exchange.path, "the upstream's response body failed: {}", crate::error::chain(&*e));
+                tracing::warn!(route = this.exchange.route_name(), path = %this.exchange.path, "the upstream's response body failed: {}", crate::error::chain(&*e));
                 this.exchange.finish(Outcome::UpstreamReset);
                 Poll::Ready(Some(Err(e)))
             }
