@@ -200,7 +200,7 @@ http {{
 
 
 def start_everything(args, work, procs):
-    ports = {k: free_port() for k in ("up", "up_tls", "peer", "peer_tls", "proxy", "proxy_h1", "iam")}
+    ports = {k: free_port() for k in ("up", "up_tls", "peer", "peer_tls", "proxy", "proxy_h1", "iam", "sse")}
     ca, cert, key = tls_files(work)
     upstream = nginx_conf(work, "upstream", 1, f"""
     server {{
@@ -214,8 +214,16 @@ def start_everything(args, work, procs):
     peer = nginx_conf(work, "peer", args.threads, f"""
     upstream up {{ server 127.0.0.1:{ports['up']}; keepalive 64; }}
     upstream up_tls {{ server 127.0.0.1:{ports['up_tls']}; keepalive 64; }}
+    upstream sse {{ server 127.0.0.1:{ports['sse']}; }}
     server {{
         listen 127.0.0.1:{ports['peer']};
+        location /sse {{
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header Connection "";
+            proxy_set_header X-Auth-Token "{TOKEN}";
+        }}
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -248,7 +256,9 @@ def start_everything(args, work, procs):
         os.path.join(work, "iam.out"),
         env={"STAND_IN_AK": AK, "STAND_IN_SK": SK, "STAND_IN_PASSWORD": IAM_PASSWORD},
     )
-    for p in ("up", "up_tls", "peer", "peer_tls", "iam"):
+    procs.start([sys.executable, os.path.abspath(__file__), "--sse-upstream", str(ports["sse"])],
+                os.path.join(work, "sse.out"))
+    for p in ("up", "up_tls", "peer", "peer_tls", "iam", "sse"):
         wait_port(ports[p])
 
     def proxy_config(listen, http2):
@@ -286,6 +296,10 @@ prefix = "/aksk-unsigned"
 upstream = "{u}"
 credentials = "aksk"
 payload = "unsigned"
+[[route]]
+prefix = "/sse"
+upstream = "http://127.0.0.1:{ports['sse']}/sse"
+credentials = "key"
 [[route]]
 prefix = "/tls"
 upstream = "{t}"
@@ -415,6 +429,107 @@ def run_one(sc, work, pids, args):
     return r
 
 
+# ----------------------------------------------------------------------- SSE
+#
+# The upstream sends EVENTS events SSE_INTERVAL apart on each stream, each
+# carrying the CLOCK_MONOTONIC time it was written at; the client notes the
+# time each arrives. Both are this script, so their own costs are the same
+# on every path: what the proxy adds is its latency minus direct's.
+
+EVENTS = 100
+SSE_INTERVAL = 0.01
+SSE_STREAMS = 4
+
+
+def sse_upstream(port):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(EVENTS):
+                event = f"data: {time.monotonic_ns()}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                time.sleep(SSE_INTERVAL)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer.daemon_threads = True
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def sse_stream(port, path):
+    """Per-event latencies (ms) of one stream."""
+    lat = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        pending = b""
+        while True:
+            data = s.recv(65536)
+            now = time.monotonic_ns()
+            if not data:
+                break
+            pending += data
+            for m in re.finditer(rb"data: (\d+)\n\n", pending):
+                lat.append((now - int(m.group(1))) / 1e6)
+            last = pending.rfind(b"\n\n")
+            if last >= 0:
+                pending = pending[last + 2:]
+    return lat
+
+
+def sse_run(port, path):
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(SSE_STREAMS) as pool:
+        streams = list(pool.map(lambda _: sse_stream(port, path), range(SSE_STREAMS)))
+    lat = sorted(x for st in streams for x in st)
+    got = len(lat)
+    pct = lambda q: lat[min(got - 1, int(q * got))] if got else float("nan")  # noqa: E731
+    return {"events": got, "p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] if got else float("nan")}
+
+
+def sse_scenarios(ports):
+    return [
+        ("sse-direct", ports["sse"], "/sse"),
+        ("sse-nginx", ports["peer"], "/sse"),
+        ("sse-mp", ports["proxy"], "/sse"),
+    ]
+
+
+def report_sse(rounds, names):
+    lines = [
+        f"| SSE ({SSE_STREAMS} streams × {EVENTS} events, {SSE_INTERVAL * 1000:.0f} ms apart) | events | "
+        "p50 ms | p99 ms | max ms | p50 added vs direct | p99 added vs direct |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        rows = [r[name] for r in rounds]
+
+        def added(key):
+            if name == "sse-direct" or "sse-direct" not in rounds[0]:
+                return "—"
+            return fmt(med([r[name][key] - r["sse-direct"][key] for r in rounds]), 3)
+
+        lines.append(
+            f"| {name} | {sum(x['events'] for x in rows)} | {fmt(med([x['p50'] for x in rows]), 3)} | "
+            f"{fmt(med([x['p99'] for x in rows]), 3)} | {fmt(med([x['max'] for x in rows]), 2)} | "
+            f"{added('p50')} | {added('p99')} |"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------- report
 
 
@@ -471,17 +586,23 @@ def main():
     ap.add_argument("--binary", default="", help="the modelarts-proxy binary")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--sse-upstream", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true",
                     help="start everything, print the ports and PIDs, wait for Ctrl-C (to profile by hand)")
     args = ap.parse_args()
+    if args.sse_upstream:
+        return sse_upstream(args.sse_upstream)
 
     work = tempfile.mkdtemp(prefix="mp-bench-")
     procs = Procs()
     try:
         ports, pids = start_everything(args, work, procs)
         scs = scenarios(ports)
+        sses = sse_scenarios(ports)
         if args.list:
             for sc in scs:
+                print(sc[0])
+            for sc in sses:
                 print(sc[0])
             return
         if args.serve:
@@ -494,11 +615,13 @@ def main():
         if args.only:
             keep = set(args.only.split(","))
             scs = [sc for sc in scs if sc[0] in keep]
+            sses = [sc for sc in sses if sc[0] in keep]
         idle = kib(pids["proxy"], "VmRSS") / 1024
         print(f"# modelarts-proxy idle RSS: {idle:.1f} MiB; work dir {work}", file=sys.stderr)
         rounds = []
         for i in range(args.rounds):
-            order = scs[i % len(scs):] + scs[: i % len(scs)]
+            k = i % len(scs) if scs else 0
+            order = scs[k:] + scs[:k]
             results = {}
             for sc in order:
                 results[sc[0]] = r = run_one(sc, work, pids, args)
@@ -506,11 +629,17 @@ def main():
                       f"p50 {fmt(r['p50'], 3)} ms  p99 {fmt(r['p99'], 3)} ms  non-2xx {r['errors']}"
                       f"{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}",
                       file=sys.stderr, flush=True)
+            for name, port, path in sses:
+                results[name] = r = sse_run(port, path)
+                print(f"round {i + 1}/{args.rounds} {name:<22} {r['events']} events  p50 {fmt(r['p50'], 3)} ms  "
+                      f"p99 {fmt(r['p99'], 3)} ms  max {fmt(r['max'], 2)} ms", file=sys.stderr, flush=True)
             rounds.append(results)
         upstream_conns = established(
             ports["up_tls"], {"tls-h2": pids["proxy"], "tls-h1": pids["proxy_h1"], "nginx-tls": pids["peer"]}
         )
-        table = report(rounds, scs)
+        table = report(rounds, scs) if scs else ""
+        if sses:
+            table += "\n\n" + report_sse(rounds, [n for n, _, _ in sses])
         machine = machine_line()
         text = (f"{table}\n\nidle RSS of modelarts-proxy: {idle:.1f} MiB. "
                 "Connections open to the TLS upstream at the end, by client: "

@@ -22,6 +22,7 @@ pub mod dev;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod logfmt;
 pub mod metrics;
 pub mod proxy;
 pub mod request_id;

@@ -132,7 +132,8 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if ansi => builder.init(),
+        LogFormat::Text => builder.event_format(crate::logfmt::Text).init(),
         LogFormat::Json => builder.json().init(),
     }
 }
