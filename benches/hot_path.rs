@@ -92,8 +92,10 @@ fn metrics(c: &mut Criterion) {
         })
     });
     let buckets = || Histogram::new(exponential_buckets(0.005, 2.0, 14));
-    let latency: Family<Route, Histogram, fn() -> Histogram> = Family::new_with_constructor(buckets);
-    let duration: Family<Route, Histogram, fn() -> Histogram> = Family::new_with_constructor(buckets);
+    let latency: Family<Route, Histogram, fn() -> Histogram> =
+        Family::new_with_constructor(buckets);
+    let duration: Family<Route, Histogram, fn() -> Histogram> =
+        Family::new_with_constructor(buckets);
     let requests: Family<Status, Counter> = Family::default();
     let bytes_in: Family<Route, Counter> = Family::default();
     let bytes_out: Family<Route, Counter> = Family::default();

@@ -216,6 +216,16 @@ def start_everything(args, work, procs):
         ssl_certificate_key {key};
         ssl_session_cache shared:up:1m;
         location / {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
+        # The large uploads: `return` answers before the body is read (and wrk,
+        # seeing the answer, starts its next request in the middle of the
+        # body); here nginx reads the whole body first, then passes it to the
+        # location above.
+        location /v1/infers/upload {{
+            client_body_buffer_size 16m;
+            proxy_pass http://127.0.0.1:{ports['up']}/v1/infers/bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
     }}""", logs=False)
     peer = nginx_conf(work, "peer", args.threads, f"""
     upstream up {{ server 127.0.0.1:{ports['up']}; keepalive 64; }}
@@ -276,6 +286,7 @@ def start_everything(args, work, procs):
 
     def proxy_config(listen, http2):
         u = f"http://127.0.0.1:{ports['up']}/v1/infers/bench"
+        upload = f"http://127.0.0.1:{ports['up']}/v1/infers/upload"
         t = f"https://localhost:{ports['up_tls']}/v1/infers/bench"
         return f"""
 [server]
@@ -301,12 +312,12 @@ upstream = "{u}"
 credentials = "aksk"
 [[route]]
 prefix = "/aksk-signed"
-upstream = "{u}"
+upstream = "{upload}"
 credentials = "aksk"
 payload = "signed"
 [[route]]
 prefix = "/aksk-unsigned"
-upstream = "{u}"
+upstream = "{upload}"
 credentials = "aksk"
 payload = "unsigned"
 [[route]]

@@ -94,11 +94,52 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, and those `Connection` names, in place.
+/// One pass over the headers (a response has a handful, and seldom any of
+/// these), instead of a lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        return;
+    }
     for name in connection_listed(headers) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn a_response_loses_its_hop_by_hop_headers_and_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("x-trace", HeaderValue::from_static("kept"));
+        h.insert("x-private", HeaderValue::from_static("dropped"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-trace"]);
+        // None of them: nothing changes.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-private", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }
