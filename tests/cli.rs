@@ -87,6 +87,17 @@ fn spawn(mut c: Command) -> (Child, mpsc::Receiver<String>, mpsc::Receiver<Strin
     (child, out, err)
 }
 
+/// The address in a startup line such as `listening on http://127.0.0.1:PORT`.
+fn addr(line: &str) -> String {
+    line.split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Waits for a line containing `marker`, collecting every line read into `seen`.
 fn wait_for(rx: &mpsc::Receiver<String>, marker: &str, seen: &mut Vec<String>) -> String {
     let deadline = std::time::Instant::now() + TEST_DEADLINE;
@@ -493,15 +504,6 @@ security_token = {{ env = "TEST_TOKEN" }}
     })
     .await
     .unwrap();
-    let addr = |line: &str| {
-        line.split("http://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
     let (proxy, admin) = (addr(&listen), addr(&admin));
 
     let mut bodies = Vec::new();
@@ -911,15 +913,6 @@ async fn a_container_runs_from_the_environment_alone_and_probes_itself() {
     })
     .await
     .unwrap();
-    let addr = |l: &str| {
-        l.split("http://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
     assert_eq!(
         &get(&format!("http://{}/", addr(&listen))).await.1[..],
         b"/x"

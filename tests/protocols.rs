@@ -55,19 +55,7 @@ async fn a_unix_socket_listener_serves_with_its_mode_and_is_removed_on_shutdown(
     assert_eq!((status.as_u16(), &bytes[..]), (200, &b"/base/x"[..]));
 
     // A second proxy may not take a live socket.
-    let v = modelarts_proxy::config::load(
-        &format!(
-            "[server]\nlisten = \"unix:{}\"\n[[route]]\nupstream = \"http://{up}/\"\n",
-            sock.display()
-        ),
-        &TestSources,
-    )
-    .unwrap();
-    let state = modelarts_proxy::state::State::build(v.config).unwrap();
-    let err = modelarts_proxy::server::Daemon::bind(state)
-        .await
-        .err()
-        .unwrap();
+    let err = bind_error(&sock, &format!("http://{up}/")).await;
     assert!(err.contains("another process is listening"), "{err}");
 
     proxy.shutdown();
@@ -79,24 +67,29 @@ async fn a_unix_socket_listener_serves_with_its_mode_and_is_removed_on_shutdown(
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test]
-async fn a_regular_file_in_the_way_is_not_removed() {
-    let dir = temp_dir("unix-file");
-    let path = dir.join("not-a-socket");
-    std::fs::write(&path, "precious").unwrap();
+/// Why a proxy listening on `unix:{path}` cannot bind.
+async fn bind_error(path: &std::path::Path, upstream: &str) -> String {
     let v = modelarts_proxy::config::load(
         &format!(
-            "[server]\nlisten = \"unix:{}\"\n[[route]]\nupstream = \"http://127.0.0.1:9/\"\n",
+            "[server]\nlisten = \"unix:{}\"\n[[route]]\nupstream = \"{upstream}\"\n",
             path.display()
         ),
         &TestSources,
     )
     .unwrap();
     let state = modelarts_proxy::state::State::build(v.config).unwrap();
-    let err = modelarts_proxy::server::Daemon::bind(state)
+    modelarts_proxy::server::Daemon::bind(state)
         .await
         .err()
-        .unwrap();
+        .expect("the bind fails")
+}
+
+#[tokio::test]
+async fn a_regular_file_in_the_way_is_not_removed() {
+    let dir = temp_dir("unix-file");
+    let path = dir.join("not-a-socket");
+    std::fs::write(&path, "precious").unwrap();
+    let err = bind_error(&path, "http://127.0.0.1:9/").await;
     assert!(err.contains("is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
     std::fs::remove_dir_all(&dir).unwrap();

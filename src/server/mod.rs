@@ -169,28 +169,14 @@ impl Daemon {
         if let Some(t) = admin {
             t.abort();
         }
-        // The acceptors held the other references; they are aborted, but
-        // may not have been dropped yet.
-        drop(acceptors);
-        if let Some(workers) = workers {
-            stop_workers(workers).await;
+        // An aborted task's future (and the acceptor's share of the
+        // workers) is dropped before its handle resolves.
+        for a in acceptors {
+            let _ = a.await;
         }
-    }
-}
-
-/// Stops the worker threads (off the async thread: joining blocks).
-async fn stop_workers(workers: Arc<Workers>) {
-    let mut workers = workers;
-    for _ in 0..100 {
-        match Arc::try_unwrap(workers) {
-            Ok(w) => {
-                let _ = tokio::task::spawn_blocking(move || drop(w)).await;
-                return;
-            }
-            Err(still_shared) => {
-                workers = still_shared;
-                tokio::task::yield_now().await;
-            }
+        if let Some(workers) = workers.and_then(Arc::into_inner) {
+            // Joining the threads blocks: off the async thread.
+            let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
         }
     }
 }
