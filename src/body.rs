@@ -82,6 +82,9 @@ pub struct Progress {
     done: AtomicBool,
     /// Cut at `max_body` by us (so a failed upstream send is a 413).
     tripped: AtomicBool,
+    /// The client's body failed: cut (`max_body`, `idle_timeout`) or broken
+    /// off by the client. Only then is a failed send the client's fault.
+    failed: AtomicBool,
 }
 
 impl Progress {
@@ -99,6 +102,17 @@ impl Progress {
     /// True once the body went past `max_body`.
     pub fn tripped(&self) -> bool {
         self.tripped.load(Ordering::Acquire)
+    }
+
+    /// True once the client's body failed (too large, stalled, or broken
+    /// off): a send that fails after that is the client's doing.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn fail(&self) {
+        self.done.store(true, Ordering::Release);
+        self.failed.store(true, Ordering::Release);
     }
 }
 
@@ -152,7 +166,7 @@ impl Body for RequestBody {
                     .waiting_on_client
                     .store(true, Ordering::Release);
                 if this.idle.expired(cx) {
-                    this.progress.done.store(true, Ordering::Release);
+                    this.progress.fail();
                     let after = this.idle.after();
                     return Poll::Ready(Some(Err(Box::new(BodyIdle { after }))));
                 }
@@ -170,7 +184,7 @@ impl Body for RequestBody {
                             if n > this.remaining {
                                 this.remaining = 0;
                                 progress.tripped.store(true, Ordering::Release);
-                                progress.done.store(true, Ordering::Release);
+                                progress.fail();
                                 let limit = this.limit;
                                 return Poll::Ready(Some(Err(Box::new(LimitExceeded { limit }))));
                             }
@@ -179,7 +193,7 @@ impl Body for RequestBody {
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Some(Err(e)) => {
-                        progress.done.store(true, Ordering::Release);
+                        progress.fail();
                         Poll::Ready(Some(Err(e)))
                     }
                     None => {
@@ -264,12 +278,27 @@ pub enum Reserve<'a> {
 /// step by step as it arrives (overshooting by at most one frame, which
 /// hyper already holds). `hash` computes the SHA-256 while reading.
 pub async fn buffer(
-    mut body: RequestBody,
+    body: RequestBody,
     expected: Option<u64>,
     reserve: Reserve<'_>,
     hash: bool,
 ) -> Result<Buffered, ProxyError> {
     let limit = body.limit();
+    buffer_stream(body, limit, expected, reserve, hash).await
+}
+
+/// As [`buffer`], for a client body already wrapped (peeked) on its way;
+/// `limit` is its `max_body`, for the error when it was cut.
+pub async fn buffer_stream<B>(
+    mut body: B,
+    limit: u64,
+    expected: Option<u64>,
+    reserve: Reserve<'_>,
+    hash: bool,
+) -> Result<Buffered, ProxyError>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     let (mut reservation, budget) = match reserve {
         Reserve::Held(r) => (r, None),
         Reserve::Wait { budget, wait } => {

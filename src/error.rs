@@ -198,6 +198,13 @@ fn overloaded_message(wanted: u64, budget: u64, never_fits: bool) -> String {
     }
 }
 
+/// A body with no bytes.
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// A complete body from bytes.
 pub fn full(data: impl Into<Bytes>) -> ProxyBody {
     Full::new(data.into())

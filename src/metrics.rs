@@ -80,7 +80,8 @@ pub struct BuildLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Why a client connection was closed (see [`Metrics::connection_closed`]).
+    /// Why a client connection was closed (see [`Metrics::connection_closed`]),
+    /// or why a request was sent upstream again (see [`Metrics::resend`]).
     pub reason: &'static str,
 }
 
@@ -120,6 +121,7 @@ pub struct Metrics {
     pub breaker_open: Family<CredentialLabels, Gauge>,
     pub breaker_transitions: Family<TransitionLabels, Counter>,
     pub build_info: Family<BuildLabels, Gauge>,
+    pub resends: Family<ReasonLabels, Counter>,
 }
 
 /// 5 ms .. ~41 s: predictions range from milliseconds to the gateway's 40 s cut.
@@ -199,6 +201,7 @@ impl Metrics {
             breaker_open = "breaker_open", "1 while a credential's signature breaker is open (its requests paused)", Family::default();
             breaker_transitions = "breaker_transitions", "Signature breaker openings and closings, by credential", Family::default();
             build_info = "build_info", "Always 1; the version label says which build this is", Family::default();
+            resends = "resends", "Requests sent upstream again because the upstream did not process them (not retries), by reason", Family::default();
         };
         metrics
             .build_info
@@ -271,6 +274,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A request sent again for `reason` (see `proxy::resend`).
+    pub fn resend(&self, reason: &'static str) {
+        self.resends.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// An APIG error answer passed through.

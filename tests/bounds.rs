@@ -385,9 +385,11 @@ async fn a_client_that_aborts_mid_upload_cancels_the_upstream_request() {
     ))
     .await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // Over 1 MiB, so it streams (a smaller body is read whole first, to be
+    // sent again if the upstream does not process it, and never starts).
     stream
         .write_all(
-            b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nfirst part of the body",
+            b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 5000000\r\n\r\nfirst part of the body",
         )
         .await
         .unwrap();

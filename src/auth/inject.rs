@@ -5,15 +5,22 @@
 //! |---|---|---|
 //! | AK/SK | a signature over what is sent (the body buffered and hashed, or streamed unsigned) | passed back |
 //! | ECS temporary AK/SK | the same, with `X-Security-Token` | new keys fetched for the next requests |
-//! | IAM token | `X-Auth-Token` (a small body is kept) | token renewed; a kept body is replayed once |
+//! | IAM token | `X-Auth-Token` | token renewed; a kept body is replayed once |
 //! | API key | its header | passed back |
+//!
+//! Whatever the credential, a request whose body is held whole (none, a
+//! signed payload, or a small body kept within the buffer budget) comes
+//! with a [`Replay`]: the copy that a 401 replay and the resends of
+//! DESIGN §12 send again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, header};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::Provider;
@@ -24,13 +31,14 @@ use super::refresh::{Expiring, Refreshing};
 use crate::body::{self, Buffered, RequestBody, Reserve};
 use crate::budget::Budget;
 use crate::config::Route;
-use crate::error::{ProxyBody, ProxyError};
+use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayError;
 use crate::headers::name::X_AUTH_TOKEN;
 use crate::metrics::{CredentialLabels, Metrics};
 
-/// Token-mode bodies up to this size are kept in memory so that a 401 can be
-/// answered by renewing the token and replaying the request once.
+/// Bodies up to this size are kept in memory (within the buffer budget) so
+/// that the request can be sent again: once with a renewed token after a
+/// 401, or when the upstream provably did not process it (DESIGN §12).
 pub const REPLAY_BODY_LIMIT: u64 = 1024 * 1024;
 
 /// The upstream request being built: everything but the body.
@@ -80,6 +88,8 @@ pub struct Recovery {
     kind: Used,
     /// An AK/SK request the signature breaker let through.
     pass: Option<Pass>,
+    /// The request as sent, when its body is held whole.
+    replay: Option<Box<Replay>>,
 }
 
 enum Used {
@@ -89,8 +99,6 @@ enum Used {
         token: Arc<Refreshing<Token>>,
         used: Arc<Expiring<Token>>,
         max_wait: Duration,
-        /// The request as sent, when its body was small enough to keep.
-        replay: Option<Box<Replay>>,
     },
     /// A temporary AK/SK was sent.
     TemporaryKey {
@@ -141,16 +149,40 @@ fn admit(breaker: &Arc<Breaker>, cx: &Injection<'_>) -> Result<Pass, ProxyError>
     }
 }
 
-/// A token-mode request kept to be sent again with a renewed token.
+/// A request kept to be sent again: its head as sent and its body held
+/// whole (`None`: no body).
 pub struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Arc<Buffered>,
+    body: Option<Arc<Buffered>>,
+}
+
+impl Replay {
+    fn of(out: &Outgoing, body: Option<Arc<Buffered>>) -> Box<Replay> {
+        Box::new(Replay {
+            method: out.method.clone(),
+            uri: out.uri.clone(),
+            headers: out.headers.clone(),
+            body,
+        })
+    }
+
+    /// The request once more, as it was sent.
+    pub fn request(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(match &self.body {
+            Some(body) => body.body(),
+            None => crate::error::empty(),
+        });
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// Adds the route's credential to `out` and returns the request to send,
-/// with what a 401 will need.
+/// with what a 401 (or a resend) will need.
 pub async fn inject(
     provider: Option<&Provider>,
     mut out: Outgoing,
@@ -158,18 +190,24 @@ pub async fn inject(
     cx: &Injection<'_>,
 ) -> Result<(Request<ProxyBody>, Recovery), ProxyError> {
     let unavailable = ProxyError::CredentialsUnavailable;
-    let nothing = || Recovery {
+    let plain = |replay| Recovery {
         kind: Used::Nothing,
         pass: None,
+        replay,
     };
+    let limit = body.limit();
     match provider {
-        None => Ok((out.into_request(body.boxed()), nothing())),
+        None => {
+            let (body, replay) = keep_if_small(&out, body, limit, cx).await?;
+            Ok((out.into_request(body), plain(replay)))
+        }
         Some(Provider::AkSk { keys, breaker }) => {
             let pass = admit(breaker, cx)?;
-            let body = sign_aksk(&mut out, body, &keys.current(), cx).await?;
+            let (body, replay) = sign_aksk(&mut out, body, &keys.current(), cx).await?;
             let recovery = Recovery {
                 kind: Used::Nothing,
                 pass: Some(pass),
+                replay,
             };
             Ok((out.into_request(body), recovery))
         }
@@ -180,13 +218,14 @@ pub async fn inject(
         }) => {
             let pass = admit(breaker, cx)?;
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
-            let body = sign_aksk(&mut out, body, &used.value, cx).await?;
+            let (body, replay) = sign_aksk(&mut out, body, &used.value, cx).await?;
             let recovery = Recovery {
                 kind: Used::TemporaryKey {
                     creds: creds.clone(),
                     used,
                 },
                 pass: Some(pass),
+                replay,
             };
             Ok((out.into_request(body), recovery))
         }
@@ -195,55 +234,61 @@ pub async fn inject(
         }) => {
             let used = token.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
             out.headers.insert(X_AUTH_TOKEN, used.value.header.clone());
-            let (body, replay) = keep_if_small(&out, body, cx).await?;
+            let (body, replay) = keep_if_small(&out, body, limit, cx).await?;
             let recovery = Recovery {
                 kind: Used::Token {
                     token: token.clone(),
                     used,
                     max_wait: *max_wait,
-                    replay,
                 },
                 pass: None,
+                replay,
             };
             Ok((out.into_request(body), recovery))
         }
         Some(Provider::ApiKey(key)) => {
             let key = key.current();
             out.headers.insert(key.header.clone(), key.value.clone());
-            Ok((out.into_request(body.boxed()), nothing()))
+            let (body, replay) = keep_if_small(&out, body, limit, cx).await?;
+            Ok((out.into_request(body), plain(replay)))
         }
     }
 }
 
 /// Signs `out` with `creds` and returns the body to send: buffered and
-/// hashed (signed payload) or streamed (UNSIGNED-PAYLOAD).
+/// hashed (signed payload) or streamed (UNSIGNED-PAYLOAD, kept too when
+/// small), with the copy to send again when there is one.
 async fn sign_aksk(
     out: &mut Outgoing,
     body: RequestBody,
     creds: &AkSkCredentials,
     cx: &Injection<'_>,
-) -> Result<ProxyBody, ProxyError> {
+) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError> {
     let content_type =
         aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
-    let (to_send, buffered, empty) = if aksk::is_unsigned(cx.route.payload, content_type) {
+    let limit = body.limit();
+    let unsigned = aksk::is_unsigned(cx.route.payload, content_type);
+    let (to_send, kept, empty) = if unsigned {
         // An empty body is signed with the empty-string hash even under
         // UNSIGNED-PAYLOAD (SPEC quirk 6), so find out whether it is empty.
         let (body, empty) = body::peek_empty(body, out.content_length).await?;
-        (body, None, empty)
+        let (body, kept) = keep(out, body, limit, cx).await?;
+        (body, kept, empty)
     } else {
         let reserve = Reserve::Wait {
             budget: cx.budget,
             wait: cx.buffer_wait,
         };
         let buffered = Arc::new(body::buffer(body, out.content_length, reserve, true).await?);
-        (buffered.body(), Some(buffered), false)
+        (buffered.body(), Some(Kept::Body(buffered)), false)
     };
-    let hash = match &buffered {
-        Some(b) => match b.sha256() {
-            Some(hex) if !b.is_empty() => BodyHash::Sha256Hex(hex),
-            _ => BodyHash::Bytes(&[]),
+    let hash = match &kept {
+        _ if unsigned => BodyHash::Unsigned { empty },
+        Some(Kept::Body(b)) if !b.is_empty() => match b.sha256() {
+            Some(hex) => BodyHash::Sha256Hex(hex),
+            None => BodyHash::Bytes(&[]),
         },
-        None => BodyHash::Unsigned { empty },
+        _ => BodyHash::Bytes(&[]),
     };
     let route_headers: Vec<_> = cx.route.headers.iter().map(|(n, _)| n).collect();
     let target = Target {
@@ -260,7 +305,8 @@ async fn sign_aksk(
         cx.now,
     )
     .map_err(decorate_error)?;
-    Ok(to_send)
+    let replay = kept.map(|k| Replay::of(out, k.into_body()));
+    Ok((to_send, replay))
 }
 
 fn decorate_error(e: DecorateError) -> ProxyError {
@@ -273,38 +319,73 @@ fn decorate_error(e: DecorateError) -> ProxyError {
     }
 }
 
-/// A small (or no) body is read and kept so that a 401 can be answered by
-/// one replay with a renewed token; a large one streams through, and so
-/// does a small one when the buffer budget has no room for it right now
-/// (the request goes on; only the replay is given up).
-async fn keep_if_small(
+/// A body held whole: none at all, or its bytes.
+enum Kept {
+    Nothing,
+    Body(Arc<Buffered>),
+}
+
+impl Kept {
+    fn into_body(self) -> Option<Arc<Buffered>> {
+        match self {
+            Kept::Nothing => None,
+            Kept::Body(b) => Some(b),
+        }
+    }
+}
+
+/// A small (or no) body is read and kept so that the request can be sent
+/// again; a large one streams through, and so does a small one when the
+/// buffer budget has no room for it right now (the request goes on; only
+/// the second chance is given up).
+async fn keep_if_small<B>(
     out: &Outgoing,
-    body: RequestBody,
+    body: B,
+    limit: u64,
     cx: &Injection<'_>,
-) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError> {
+) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
+    let (body, kept) = keep(out, body, limit, cx).await?;
+    Ok((body, kept.map(|k| Replay::of(out, k.into_body()))))
+}
+
+/// The body to send, and the copy kept of it, if any (see [`keep_if_small`]).
+async fn keep<B>(
+    out: &Outgoing,
+    body: B,
+    limit: u64,
+    cx: &Injection<'_>,
+) -> Result<(ProxyBody, Option<Kept>), ProxyError>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
+    if out.content_length == Some(0) || body.is_end_stream() {
+        return Ok((crate::error::empty(), Some(Kept::Nothing)));
+    }
     let size = match out.content_length {
         Some(len) => Some(len),
-        None if body.is_end_stream() => Some(0),
         None => body.size_hint().upper(),
     };
     let reservation = size
         .filter(|&n| n <= REPLAY_BODY_LIMIT)
         .and_then(|n| cx.budget.try_reserve(n));
     let Some(reservation) = reservation else {
-        return Ok((body.boxed(), None));
+        return Ok((BodyExt::boxed_unsync(body), None));
     };
     let reserve = Reserve::Held(reservation);
-    let buffered = Arc::new(body::buffer(body, out.content_length, reserve, false).await?);
-    let replay = Replay {
-        method: out.method.clone(),
-        uri: out.uri.clone(),
-        headers: out.headers.clone(),
-        body: buffered.clone(),
-    };
-    Ok((buffered.body(), Some(Box::new(replay))))
+    let buffered =
+        Arc::new(body::buffer_stream(body, limit, out.content_length, reserve, false).await?);
+    Ok((buffered.body(), Some(Kept::Body(buffered))))
 }
 
 impl Recovery {
+    /// The request as it was sent, when it can be sent again.
+    pub fn replay(&self) -> Option<&Replay> {
+        self.replay.as_deref()
+    }
+
     /// Answers the upstream's `status`. On a 401 the credential is renewed
     /// (one fetch however many requests saw it); for a kept token-mode body
     /// this returns the request to send once more. A second 401 is returned
@@ -314,44 +395,37 @@ impl Recovery {
         status: StatusCode,
         gateway: Option<&GatewayError>,
         cx: &Injection<'_>,
-    ) -> Option<Request<ProxyBody>> {
+    ) -> Option<Box<Replay>> {
         if let Some(pass) = self.pass {
             pass.judge(gateway);
         }
         if status != StatusCode::UNAUTHORIZED {
             return None;
         }
-        match self.kind {
-            Used::Nothing => None,
+        match (self.kind, self.replay) {
+            (Used::Nothing, _) => None,
             // Temporary AK/SK rejected (revoked, or the agency changed): ask
             // for new ones so the next requests use them.
-            Used::TemporaryKey { creds, used } => {
+            (Used::TemporaryKey { creds, used }, _) => {
                 creds.request_renewal(&used);
                 None
             }
-            Used::Token {
-                token,
-                used,
-                replay: None,
-                ..
-            } => {
+            (Used::Token { token, used, .. }, None) => {
                 token.request_renewal(&used);
                 None
             }
-            Used::Token {
-                token,
-                used,
-                max_wait,
-                replay: Some(replay),
-            } => {
+            (
+                Used::Token {
+                    token,
+                    used,
+                    max_wait,
+                },
+                Some(mut replay),
+            ) => {
                 let fresh = token.renew(&used, cx.wait(max_wait)).await.ok()?;
-                let Replay {
-                    method,
-                    uri,
-                    mut headers,
-                    body,
-                } = *replay;
-                headers.insert(X_AUTH_TOKEN, fresh.value.header.clone());
+                replay
+                    .headers
+                    .insert(X_AUTH_TOKEN, fresh.value.header.clone());
                 tracing::info!(credentials = %token.label(), "upstream answered 401; token renewed, request replayed once");
                 if let Some(name) = &cx.route.credentials {
                     cx.metrics
@@ -361,13 +435,7 @@ impl Recovery {
                         })
                         .inc();
                 }
-                let again = Outgoing {
-                    method,
-                    uri,
-                    headers,
-                    content_length: None,
-                };
-                Some(again.into_request(body.body()))
+                Some(replay)
             }
         }
     }

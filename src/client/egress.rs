@@ -17,6 +17,8 @@ use http::{HeaderValue, Uri};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+
+use super::uses::Uses;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -195,7 +197,7 @@ impl Service<Uri> for Connector {
         match way {
             Way::Direct => Box::pin(async move {
                 let io = direct.call(dst).await?;
-                Ok(Stream { io, proxied: false })
+                Ok(Stream::new(io, false))
             }),
             Way::Tunnel(proxy) => {
                 let proxy = proxy.clone();
@@ -213,7 +215,7 @@ impl Service<Uri> for Connector {
                         .call(target)
                         .await
                         .map_err(|e| EgressError::new(&proxy, &dst, e))?;
-                    Ok(Stream { io, proxied: false })
+                    Ok(Stream::new(io, false))
                 })
             }
             Way::Forward(proxy) => {
@@ -223,7 +225,7 @@ impl Service<Uri> for Connector {
                         .call(proxy.clone())
                         .await
                         .map_err(|e| EgressError::new(&proxy, &dst, e))?;
-                    Ok(Stream { io, proxied: true })
+                    Ok(Stream::new(io, true))
                 })
             }
         }
@@ -271,11 +273,25 @@ impl StdError for EgressError {
 pub struct Stream {
     io: TokioIo<TcpStream>,
     proxied: bool,
+    uses: Uses,
+}
+
+impl Stream {
+    fn new(io: TokioIo<TcpStream>, proxied: bool) -> Stream {
+        Stream {
+            io,
+            proxied,
+            uses: Uses::default(),
+        }
+    }
 }
 
 impl Connection for Stream {
     fn connected(&self) -> Connected {
-        self.io.connected().proxy(self.proxied)
+        self.io
+            .connected()
+            .proxy(self.proxied)
+            .extra(self.uses.clone())
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod egress;
 mod tls;
+mod uses;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::crypto::CryptoProvider;
 
 pub use egress::{EgressError, Rules, Way};
+pub use uses::{answered, reused};
 
 use crate::config::{Egress, Http2, UpstreamTls};
 use crate::error::ProxyBody;
@@ -40,6 +42,10 @@ pub struct HttpClient {
 struct Pools {
     /// Every ordinary request: h2 or HTTP/1.1 as `[upstream_tls] http2` says.
     pool: Pool,
+    /// The same, but never pooled: a request sent again because the
+    /// upstream did not process it goes out on a fresh connection
+    /// (DESIGN §12), not on another one that may be closing too.
+    fresh: Pool,
     /// WebSocket handshakes: HTTP/1.1 only (an upgrade has no h2 form here).
     upgrades: Pool,
 }
@@ -54,7 +60,16 @@ impl HttpClient {
 
     /// Sends `req` (absolute URI), adding `Proxy-Authorization` when it goes
     /// to an egress proxy in absolute form.
-    pub fn request(&self, mut req: Request<ProxyBody>) -> ResponseFuture {
+    pub fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
+        self.send(req, false)
+    }
+
+    /// As [`request`](Self::request), on a connection of its own.
+    pub fn request_fresh(&self, req: Request<ProxyBody>) -> ResponseFuture {
+        self.send(req, true)
+    }
+
+    fn send(&self, mut req: Request<ProxyBody>, fresh: bool) -> ResponseFuture {
         // HTTP/2 carries the authority in `:authority`, and servers such as
         // nginx refuse a request that also has a Host header. hyper fills in
         // Host for HTTP/1.1 connections from the URI (without a default
@@ -73,7 +88,9 @@ impl HttpClient {
                 Some(_) => return self.here().upgrades.request(self.authorize(req)),
             }
         }
-        self.here().pool.request(self.authorize(req))
+        let pools = self.here();
+        let pool = if fresh { &pools.fresh } else { &pools.pool };
+        pool.request(self.authorize(req))
     }
 
     /// Sends an `Upgrade` handshake over HTTP/1.1.
@@ -106,9 +123,43 @@ impl std::fmt::Debug for HttpClient {
 /// a request on a connection the gateway is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// What one upstream connection reads ahead of a client that is slow to
-/// take it (hyper's default is about 400 KiB): memory per streaming response.
-const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+/// Response heads up to this size are accepted over HTTP/1.1 and HTTP/2
+/// alike (DESIGN §12): gateways and inference front ends add cookies, CORS
+/// and tracing headers, and 24 KB heads are seen in the field. A larger
+/// head is a 502 that names this size.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What one HTTP/1.1 upstream connection reads ahead of a client that is
+/// slow to take it (hyper's default is about 400 KiB): memory per streaming
+/// response. hyper parses a head only when it fits in this buffer, so it is
+/// the head limit plus room for the status line and the first body bytes.
+const UPSTREAM_READ_BUFFER: usize = MAX_RESPONSE_HEAD + 8 * 1024;
+
+/// HTTP/2's header-list size counts 32 bytes per field on top of names and
+/// values (RFC 9113 §6.5.2); this leaves room for 256 fields around a
+/// [`MAX_RESPONSE_HEAD`] head. h2's default (16 KiB) failed real heads with
+/// PROTOCOL_ERROR.
+const H2_MAX_HEADER_LIST: u32 = (MAX_RESPONSE_HEAD + 256 * 32) as u32;
+
+/// Streams opened before the upstream's SETTINGS arrive: RFC 9113 §6.5.2's
+/// recommended minimum for what a server allows (h2's default too). A server
+/// that allows fewer (nginx `http2_max_concurrent_streams 4`) refuses the
+/// rest with REFUSED_STREAM, which is resent (nothing was processed); a
+/// lower guess would slow every new connection to a server allowing more.
+const H2_INITIAL_MAX_SEND_STREAMS: usize = 100;
+
+/// Streams the proxy reset (a client that went away mid-response) whose
+/// late frames are still recognised and dropped: past this many, frames for
+/// a forgotten stream would be a connection error for every stream on it.
+/// h2's default of 10 is too few when a burst of clients cancels at once
+/// (cancelled LLM streams); each costs a few words for 30 s.
+const H2_MAX_CONCURRENT_RESET_STREAMS: usize = 256;
+
+/// Streams on one connection that the proxy may reset because of an error
+/// before h2 calls the upstream abusive and closes the connection (h2's
+/// default, kept on purpose: a complete response is never reset, so only
+/// real failures count, and a connection producing this many is broken).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// TCP connect attempts give up after this long (the request `timeout`
 /// still bounds the whole exchange).
@@ -142,7 +193,8 @@ pub fn build_for_workers(
     let connector = egress::Connector::new(http.clone(), rules.clone());
     let pools = (0..=workers)
         .map(|_| Pools {
-            pool: main_pool(tls, &config, &connector),
+            pool: main_pool(tls, &config, &connector, true),
+            fresh: main_pool(tls, &config, &connector, false),
             upgrades: upgrade_pool(&config, &http, &rules),
         })
         .collect();
@@ -157,6 +209,7 @@ fn main_pool(
     tls: &UpstreamTls,
     config: &rustls::ClientConfig,
     connector: &egress::Connector,
+    pooled: bool,
 ) -> Pool {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.clone())
@@ -177,7 +230,14 @@ fn main_pool(
         .http2_keep_alive_interval(H2_PING_INTERVAL)
         .http2_keep_alive_timeout(H2_PING_TIMEOUT)
         .http2_adaptive_window(true)
+        .http2_max_header_list_size(H2_MAX_HEADER_LIST)
+        .http2_initial_max_send_streams(H2_INITIAL_MAX_SEND_STREAMS)
+        .http2_max_concurrent_reset_streams(H2_MAX_CONCURRENT_RESET_STREAMS)
+        .http2_max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS))
         .http2_only(tls.http2 == Http2::Http2);
+    if !pooled {
+        builder.pool_max_idle_per_host(0);
+    }
     builder.build(https)
 }
 

@@ -11,6 +11,7 @@
 pub mod connection;
 pub mod guard;
 pub mod observe;
+mod resend;
 mod send;
 pub mod upgrade;
 
@@ -252,12 +253,15 @@ async fn forward(
     let exchange = async {
         let (request, recovery) = inject::inject(provider, outgoing, body, &cx).await?;
         let request = send::chunked_if_unknown(request);
-        let (response, seen) = once.send(request).await?;
+        let (response, seen) = once.send(request, recovery.replay()).await?;
         match recovery
             .after(response.status(), seen.error.as_ref(), &cx)
             .await
         {
-            Some(again) => once.send(again).await.map(|(r, _)| r),
+            Some(again) => once
+                .send(again.request(), Some(&again))
+                .await
+                .map(|(r, _)| r),
             None => Ok(response),
         }
     };

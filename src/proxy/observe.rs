@@ -161,10 +161,13 @@ impl Exchange {
             self.gateway_request_id.get_or_insert(id);
         }
         self.status = response.status().as_u16();
+        let expected = framed_length(&self.method, &response);
         let (parts, body) = response.into_parts();
         let body = ResponseBody {
             inner: body,
             idle: IdleTimer::new(idle),
+            expected,
+            framed_end: false,
             exchange: self,
         };
         Response::from_parts(parts, BodyExt::boxed_unsync(body))
@@ -218,11 +221,37 @@ impl Drop for Exchange {
     }
 }
 
+/// The body length the response's `Content-Length` announces, when it
+/// announces one (a HEAD answer, 1xx, 204 and 304 carry no body).
+fn framed_length<B>(method: &Method, response: &Response<B>) -> Option<u64> {
+    let status = response.status().as_u16();
+    if *method == Method::HEAD || status < 200 || status == 204 || status == 304 {
+        return None;
+    }
+    response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A response body that is cut when it moves no byte for `idle`, and that
 /// finishes its [`Exchange`] when it ends.
+///
+/// It has ended when the upstream's framing says so, whoever stops reading
+/// first: hyper stops polling once `Content-Length` bytes are written, or
+/// after trailers, before an HTTP/2 upstream's END_STREAM (which may come
+/// in an empty DATA frame of its own) has been read.
 struct ResponseBody {
     inner: ProxyBody,
     idle: IdleTimer,
+    /// The announced `Content-Length`, if any.
+    expected: Option<u64>,
+    /// The last byte the upstream announced, or its trailers, went through.
+    framed_end: bool,
     exchange: Exchange,
 }
 
@@ -251,6 +280,10 @@ impl Body for ResponseBody {
                 this.idle.reset();
                 if let Some(data) = frame.data_ref() {
                     this.exchange.bytes_out += data.len() as u64;
+                    this.framed_end |= this.expected == Some(this.exchange.bytes_out);
+                } else if frame.is_trailers() {
+                    // Trailers are the last frame of a body.
+                    this.framed_end = true;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -277,10 +310,39 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // hyper may drop a body it knows is complete (HEAD, a full Content-Length)
-        // without polling it to the end.
-        if self.inner.is_end_stream() {
+        // hyper may drop a body it knows is complete (HEAD, a full
+        // Content-Length, trailers written) without polling it to the end.
+        let ended = self.inner.is_end_stream();
+        if ended || self.framed_end {
             self.exchange.finish(Outcome::Complete);
         }
+        if self.framed_end && !ended {
+            // Read the upstream's END_STREAM rather than reset a stream
+            // that is complete (h2 counts such resets as abuse).
+            drain(
+                std::mem::replace(&mut self.inner, crate::error::empty()),
+                self.idle.after(),
+            );
+        }
+    }
+}
+
+/// Reads what is left of a body whose data is all delivered, so that its
+/// HTTP/2 stream ends as the upstream framed it: at once when the end has
+/// already arrived (the usual case), else on a task bounded by `idle`.
+fn drain(mut body: ProxyBody, idle: Duration) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(None | Some(Err(_))) => return,
+            Poll::Pending => break,
+        }
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let rest = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(idle, rest).await;
+        });
     }
 }

@@ -1,7 +1,8 @@
-//! Sending upstream with the pooled client, reading what the gateway's
-//! answer says (APIG errors, its clock), and the one place a failed
-//! exchange is classified: the client's fault (413, 408, 400) or the
-//! upstream's (502).
+//! Sending upstream with the pooled client, sending again what the
+//! upstream provably did not process ([`super::resend`]), reading what the
+//! gateway's answer says (APIG errors, its clock), and the one place a
+//! failed exchange is classified: the client's fault (413, 408, 400) only
+//! when the client's own body failed, otherwise the upstream's (502).
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -10,9 +11,11 @@ use hyper::body::Incoming;
 
 use chrono::{DateTime, Utc};
 
+use super::resend::{self, MAX_RESENDS, Resend};
 use crate::auth::Provider;
+use crate::auth::inject::Replay;
 use crate::body::{BodyIdle, LimitExceeded, Progress};
-use crate::client::HttpClient;
+use crate::client::MAX_RESPONSE_HEAD;
 use crate::config::Route;
 use crate::error::{ProxyBody, ProxyError, chain};
 use crate::gateway::{self, HintContext, Kind, Seen, codes};
@@ -28,14 +31,16 @@ pub struct Once<'a> {
 }
 
 impl Once<'_> {
-    /// Sends, waits for the head (the caller bounds the time), then reads
-    /// what an APIG error or the `Date` header says.
+    /// Sends (and sends again what the upstream did not process, from
+    /// `replay`), waits for the head (the caller bounds the time), then
+    /// reads what an APIG error or the `Date` header says.
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
+        replay: Option<&Replay>,
     ) -> Result<(Response<ProxyBody>, Seen), ProxyError> {
         let (state, route) = (self.state, self.route);
-        let response = send(&state.client, req, self.body, route).await?;
+        let response = self.send_until_processed(req, replay).await?;
         let received = (state.local_clock())();
         let source = route.upstream.authority.as_str();
         if let Some(date) = gateway::http_date(response.headers()) {
@@ -82,20 +87,63 @@ fn seen_skew(state: &State, err: &gateway::GatewayError, received: DateTime<Utc>
     }
 }
 
-/// Sends `req` and waits for the response head (the caller bounds the time).
-async fn send(
-    client: &HttpClient,
-    req: Request<ProxyBody>,
-    body: &Progress,
-    route: &Route,
-) -> Result<Response<Incoming>, ProxyError> {
-    // An Upgrade handshake goes over HTTP/1.1 (h2 has no such upgrade).
-    let sent = if req.headers().contains_key(header::UPGRADE) {
-        client.upgrade(req).await
-    } else {
-        client.request(req).await
-    };
-    sent.map_err(|e| classify_upstream_error(&e, body, route))
+impl Once<'_> {
+    /// Sends `req` and waits for the response head (the caller bounds the
+    /// time). A send the upstream provably did not process, or an
+    /// idempotent one that a reused connection dropped unanswered, goes out
+    /// again from `replay` (up to [`MAX_RESENDS`] times).
+    async fn send_until_processed(
+        &self,
+        mut req: Request<ProxyBody>,
+        replay: Option<&Replay>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (client, route) = (&self.state.client, self.route);
+        let mut resends = 0;
+        loop {
+            let idempotent = resend::is_idempotent(req.method());
+            // An Upgrade handshake goes over HTTP/1.1 (h2 has no such upgrade).
+            let sent = if req.headers().contains_key(header::UPGRADE) {
+                client.upgrade(req).await
+            } else if resends > 0 {
+                client.request_fresh(req).await
+            } else {
+                client.request(req).await
+            };
+            let err = match sent {
+                Ok(response) => {
+                    crate::client::answered(&response);
+                    return match head_size(response.headers()) {
+                        size if size > MAX_RESPONSE_HEAD => {
+                            Err(head_too_large(route, &format!("{size} bytes")))
+                        }
+                        _ => Ok(response),
+                    };
+                }
+                Err(err) => err,
+            };
+            // A connect failure is no connection's ordinary life; a client's
+            // failed body is not the upstream's doing.
+            let why = (!err.is_connect() && !self.body.failed())
+                .then(|| resend::classify(&err))
+                .flatten();
+            let again = why.filter(|w| w.applies(idempotent, crate::client::reused(&err)));
+            match (again, replay) {
+                (Some(why), Some(replay)) if resends < MAX_RESENDS => {
+                    resends += 1;
+                    self.state.metrics.resend(why.as_str());
+                    tracing::debug!(
+                        route = %route.prefix,
+                        reason = why.as_str(),
+                        resend = resends,
+                        "sending the request again on a fresh connection: {}",
+                        chain(&err)
+                    );
+                    req = replay.request();
+                }
+                _ => return Err(classify_upstream_error(&err, self.body, route, why)),
+            }
+        }
+    }
 }
 
 /// hyper writes no body at all for a GET/HEAD whose length it does not
@@ -114,16 +162,57 @@ pub fn chunked_if_unknown(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
     req
 }
 
+/// The bytes a response head's fields take as HTTP/1.1 writes them.
+fn head_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// The upstream answered with a head over [`MAX_RESPONSE_HEAD`]; `what`
+/// says how large, or what the HTTP library said of it.
+fn head_too_large(route: &Route, what: &dyn std::fmt::Display) -> ProxyError {
+    ProxyError::UpstreamUnreachable(format!(
+        "upstream {} sent a response head larger than {} KiB, the most the proxy accepts: {what}",
+        route.upstream.authority,
+        MAX_RESPONSE_HEAD / 1024,
+    ))
+}
+
+/// Whose fault a failed send is, and what the client is told: the
+/// client's only when its own body failed (cut at `max_body`, stalled past
+/// `idle_timeout`, broken off), the upstream's otherwise, with the cause.
 fn classify_upstream_error(
     err: &hyper_util::client::legacy::Error,
     body: &Progress,
     route: &Route,
+    why: Option<Resend>,
 ) -> ProxyError {
     if body.tripped() {
         return ProxyError::BodyTooLarge {
             limit: route.max_body,
             key: "max_body",
         };
+    }
+    if body.failed() {
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            if let Some(idle) = cause.downcast_ref::<BodyIdle>() {
+                return ProxyError::RequestIdle(idle.after);
+            }
+            if cause.downcast_ref::<LimitExceeded>().is_some() {
+                return ProxyError::BodyTooLarge {
+                    limit: route.max_body,
+                    key: "max_body",
+                };
+            }
+            source = cause.source();
+        }
+        return ProxyError::BadRequest(format!(
+            "the request body from the client failed: {}",
+            chain(err)
+        ));
     }
     let upstream = route.upstream.authority.as_str();
     if err.is_connect() {
@@ -132,28 +221,20 @@ fn classify_upstream_error(
             chain(err)
         ));
     }
-    // The client's own body failing (stalled, too large, disconnected
-    // mid-upload) is not the upstream's fault.
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(idle) = cause.downcast_ref::<BodyIdle>() {
-            return ProxyError::RequestIdle(idle.after);
-        }
-        if cause.downcast_ref::<LimitExceeded>().is_some() {
-            return ProxyError::BodyTooLarge {
-                limit: route.max_body,
-                key: "max_body",
-            };
-        }
-        if let Some(h) = cause.downcast_ref::<hyper::Error>()
-            && h.is_user()
-        {
-            return ProxyError::BadRequest(format!(
-                "the request body from the client failed: {}",
-                chain(err)
-            ));
-        }
-        source = cause.source();
+    if resend::is_head_too_large(err) {
+        return head_too_large(route, &chain(err));
+    }
+    if let Some(why) = why {
+        return ProxyError::UpstreamUnreachable(format!(
+            "upstream {upstream} {}{}: {}",
+            why.describe(),
+            match why {
+                Resend::ClosedBeforeAnswer =>
+                    "; only GET, HEAD, OPTIONS, PUT and DELETE are sent again then",
+                _ => "",
+            },
+            chain(err)
+        ));
     }
     ProxyError::UpstreamUnreachable(format!(
         "upstream {upstream} failed before sending a response head: {}",
