@@ -18,6 +18,10 @@ What runs (all on 127.0.0.1, ports picked by the OS):
              stand-in IAM, API key, AK/SK auto/signed/unsigned, TLS), and a
              second one with `[upstream_tls] http2 = "http1"` for the h1 row
   stand-in   examples/stand_in (IAM only: the token mode's token)
+  gw         nginx as gateways run it, in front of the upstream: TLS with h2
+             and http/1.1 by ALPN, its default keep-alive settings towards
+             clients (h2 GOAWAY after 1,000 requests), proxy_buffering off;
+             the gw-* rows must have no non-2xx
 
 Both proxies log every request (nginx `access_log`, modelarts-proxy's access
 log at RUST_LOG=info) to files: what each ships with. `--quiet-logs` turns
@@ -175,10 +179,13 @@ def tls_files(work):
     return ca, cert, key
 
 
-def nginx_conf(work, name, workers, body, logs):
+def nginx_conf(work, name, workers, body, logs, defaults=False):
+    """`defaults`: nginx's own keep-alive settings towards its clients
+    (keepalive_requests 1000, keepalive_timeout 75s), as gateways run it."""
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     access = f"access_log {d}/access.log;" if logs else "access_log off;"
+    keepalive = "" if defaults else "keepalive_requests 1000000;\n    keepalive_timeout 300s;"
     conf = f"""
 worker_processes {workers};
 pid {d}/nginx.pid;
@@ -192,10 +199,9 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    keepalive_requests 1000000;
+    {keepalive}
     # Room for an 8 KiB X-Auth-Token (nginx's default line buffer is 8 KiB).
     large_client_header_buffers 4 32k;
-    keepalive_timeout 300s;
     client_max_body_size 16m;
     {body}
 }}
@@ -206,7 +212,7 @@ http {{
 
 
 def start_everything(args, work, procs):
-    ports = {k: free_port() for k in ("up", "up_tls", "peer", "peer_tls", "proxy", "proxy_h1", "iam", "sse")}
+    ports = {k: free_port() for k in ("up", "up_tls", "gw", "peer", "peer_tls", "proxy", "proxy_h1", "iam", "sse")}
     ca, cert, key = tls_files(work)
     upstream = nginx_conf(work, "upstream", 1, f"""
     server {{
@@ -227,9 +233,27 @@ def start_everything(args, work, procs):
             proxy_set_header Connection "";
         }}
     }}""", logs=False)
+    # A gateway as they run: nginx at its defaults towards its clients (h2
+    # GOAWAY after 1,000 requests, 128 streams), streaming (proxy_buffering
+    # off, so END_STREAM comes in an empty frame of its own) from the
+    # upstream above.
+    gw = nginx_conf(work, "gw", 1, f"""
+    upstream up {{ server 127.0.0.1:{ports['up']}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{ports['gw']} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}""", logs=False, defaults=True)
     peer = nginx_conf(work, "peer", args.threads, f"""
     upstream up {{ server 127.0.0.1:{ports['up']}; keepalive 64; }}
     upstream up_tls {{ server 127.0.0.1:{ports['up_tls']}; keepalive 64; }}
+    upstream gw {{ server 127.0.0.1:{ports['gw']}; keepalive 64; }}
     upstream sse {{ server 127.0.0.1:{ports['sse']}; }}
     server {{
         listen 127.0.0.1:{ports['peer']};
@@ -256,6 +280,17 @@ def start_everything(args, work, procs):
     }}
     server {{
         listen 127.0.0.1:{ports['peer_tls']};
+        location /gw/ {{
+            proxy_pass https://gw/v1/infers/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Auth-Token "{TOKEN}";
+            proxy_ssl_server_name on;
+            proxy_ssl_name localhost;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_session_reuse on;
+        }}
         location / {{
             proxy_pass https://up_tls;
             proxy_http_version 1.1;
@@ -273,6 +308,8 @@ def start_everything(args, work, procs):
                      os.path.join(work, "upstream.out"))
     peer_p = procs.start([nginx, "-c", peer, "-e", os.path.join(work, "peer", "error.log")],
                          os.path.join(work, "peer.out"))
+    procs.start([nginx, "-c", gw, "-e", os.path.join(work, "gw", "error.log")],
+                os.path.join(work, "gw.out"))
     iam = procs.start(
         [os.path.join(ROOT, "target/release/examples/stand_in"), "--listen",
          f"127.0.0.1:{ports['iam']}", "--token-lifetime", "24h"],
@@ -281,13 +318,14 @@ def start_everything(args, work, procs):
     )
     procs.start([sys.executable, os.path.abspath(__file__), "--sse-upstream", str(ports["sse"])],
                 os.path.join(work, "sse.out"))
-    for p in ("up", "up_tls", "peer", "peer_tls", "iam", "sse"):
+    for p in ("up", "up_tls", "gw", "peer", "peer_tls", "iam", "sse"):
         wait_port(ports[p])
 
     def proxy_config(listen, http2):
         u = f"http://127.0.0.1:{ports['up']}/v1/infers/bench"
         upload = f"http://127.0.0.1:{ports['up']}/v1/infers/upload"
         t = f"https://localhost:{ports['up_tls']}/v1/infers/bench"
+        g = f"https://localhost:{ports['gw']}/v1/infers/bench"
         return f"""
 [server]
 listen = "127.0.0.1:{listen}"
@@ -327,6 +365,10 @@ credentials = "key"
 [[route]]
 prefix = "/tls"
 upstream = "{t}"
+credentials = "key"
+[[route]]
+prefix = "/gw"
+upstream = "{g}"
 credentials = "key"
 [credentials.iam]
 type = "token"
@@ -395,6 +437,10 @@ def scenarios(ports):
         ("nginx-tls", f"http://127.0.0.1:{peer_tls}/v1/infers/bench", "peer", "GET", None, None, "tls"),
         ("tls-h1", f"http://127.0.0.1:{h1}/tls", "proxy_h1", "GET", None, None, "tls"),
         ("tls-h2", f"http://127.0.0.1:{p}/tls", "proxy", "GET", None, None, "tls"),
+        # Through nginx at its defaults (see "gw" above): non-2xx must be 0.
+        ("nginx-gw", f"http://127.0.0.1:{peer_tls}/gw/bench", "peer", "GET", None, None, "gw"),
+        ("gw-h1", f"http://127.0.0.1:{h1}/gw", "proxy_h1", "GET", None, None, "gw"),
+        ("gw-h2", f"http://127.0.0.1:{p}/gw", "proxy", "GET", None, None, "gw"),
     ]
     return s
 
@@ -570,7 +616,8 @@ def fmt(x, digits=2):
 
 
 def report(rounds, scs):
-    baseline_nginx = {"get": "nginx", "token": "nginx-token8k", "post1k": "nginx-post1k", "tls": "nginx-tls"}
+    baseline_nginx = {"get": "nginx", "token": "nginx-token8k", "post1k": "nginx-post1k", "tls": "nginx-tls",
+                      "gw": "nginx-gw"}
     baseline_direct = {"get": "direct", "token": "direct", "post1k": "direct-post1k"}
     lines = [
         "| scenario | req/s median (min–max) | × nginx | × direct | p50 ms | p99 ms | max ms | CPU s / 10k req | × nginx CPU | peak RSS MiB | non-2xx |",

@@ -98,6 +98,12 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> Option<Resend> {
 }
 
 impl Resend {
+    /// An HTTP/2 stream's refusal or GOAWAY: the connection's other streams
+    /// (or its successor) can take the request.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Resend::RefusedStream | Resend::GoAway)
+    }
+
     /// Whether a request that failed this way goes out again: always when
     /// the upstream provably did not process it; when a connection closed
     /// unanswered, only for an idempotent request on a reused connection

@@ -99,12 +99,13 @@ impl Once<'_> {
     ) -> Result<Response<Incoming>, ProxyError> {
         let (client, route) = (&self.state.client, self.route);
         let mut resends = 0;
+        let mut fresh = false;
         loop {
             let idempotent = resend::is_idempotent(req.method());
             // An Upgrade handshake goes over HTTP/1.1 (h2 has no such upgrade).
             let sent = if req.headers().contains_key(header::UPGRADE) {
                 client.upgrade(req).await
-            } else if resends > 0 {
+            } else if fresh {
                 client.request_fresh(req).await
             } else {
                 client.request(req).await
@@ -130,12 +131,19 @@ impl Once<'_> {
             match (again, replay) {
                 (Some(why), Some(replay)) if resends < MAX_RESENDS => {
                     resends += 1;
+                    // An HTTP/2 refusal or GOAWAY is resent through the pool
+                    // once (its next stream waits for a free slot, or goes on
+                    // the connection that replaces the one going away: one
+                    // new connection for all the streams that were refused);
+                    // anything else, and a second resend, on a connection of
+                    // its own, not on another idle one that may be closing.
+                    fresh = fresh || !why.is_h2() || resends > 1;
                     self.state.metrics.resend(why.as_str());
                     tracing::debug!(
                         route = %route.prefix,
                         reason = why.as_str(),
                         resend = resends,
-                        "sending the request again on a fresh connection: {}",
+                        "sending the request again: {}",
                         chain(&err)
                     );
                     req = replay.request();
