@@ -67,6 +67,18 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("the request headers are {size} bytes, more than server.max_header_bytes ({limit})")]
     HeadersTooLarge { size: usize, limit: usize },
+    #[error(
+        "route {route} is over its {limit}: the request waited {} (queue_timeout) without its turn; the proxy paces it so the gateway does not throttle",
+        humantime::format_duration(*waited)
+    )]
+    RateLimited {
+        route: String,
+        /// `rate (20/s)`, `concurrency (16)`, or the slowed-down rate.
+        limit: String,
+        waited: Duration,
+        /// When a turn is likely, for `Retry-After`.
+        retry_after: Duration,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -88,6 +100,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -107,6 +120,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,6 +154,10 @@ impl ProxyError {
             // The cool-down's end, or a probe's turn (when one is out now).
             ProxyError::CredentialsRejected { remaining, .. } => {
                 let secs = remaining.as_secs().max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ProxyError::RateLimited { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             _ => {}

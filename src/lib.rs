@@ -31,4 +31,5 @@ pub mod secret;
 pub mod server;
 pub mod signer;
 pub mod state;
+pub mod traffic;
 pub mod worker;

@@ -85,6 +85,20 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub route: String,
+    /// `connect`, `throttled` or `gateway_5xx`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub route: String,
+    /// The target's `scheme://authority`.
+    pub upstream: String,
+}
+
 /// What [`Metrics::request_done`] records.
 pub struct Done {
     pub status: u16,
@@ -122,6 +136,15 @@ pub struct Metrics {
     pub breaker_transitions: Family<TransitionLabels, Counter>,
     pub build_info: Family<BuildLabels, Gauge>,
     pub resends: Family<ReasonLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub rate_limited: Family<RouteLabels, Counter>,
+    pub queue: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_up: Family<TargetLabels, Gauge>,
+}
+
+/// 1 ms .. ~16 s: a queue wait is bounded by queue_timeout (10 s by default).
+fn queue_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 /// 5 ms .. ~41 s: predictions range from milliseconds to the gateway's 40 s cut.
@@ -202,6 +225,10 @@ impl Metrics {
             breaker_transitions = "breaker_transitions", "Signature breaker openings and closings, by credential", Family::default();
             build_info = "build_info", "Always 1; the version label says which build this is", Family::default();
             resends = "resends", "Requests sent upstream again because the upstream did not process them (not retries), by reason", Family::default();
+            retries = "retries", "Attempts tried again after a connection failure, throttling or a gateway 5xx, by route and reason", Family::default();
+            rate_limited = "rate_limited", "Requests answered 429 rate_limited: no turn within queue_timeout", Family::default();
+            queue = "queue_seconds", "Time requests waited for their route's rate or concurrency", Family::new_with_constructor(queue_buckets as fn() -> _);
+            upstream_up = "upstream_up", "1 while a route's target is in rotation, 0 while it is ejected", Family::default();
         };
         metrics
             .build_info
@@ -274,6 +301,26 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// An attempt tried again on `route` for `reason`.
+    pub fn retry(&self, route: &str, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                route: route.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Whether a route's target is in rotation.
+    pub fn upstream_up(&self, route: &str, upstream: &str, up: bool) {
+        self.upstream_up
+            .get_or_create(&TargetLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+            })
+            .set(i64::from(up));
     }
 
     /// A request sent again for `reason` (see `proxy::resend`).

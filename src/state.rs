@@ -15,6 +15,7 @@ use crate::config::walk::Problem;
 use crate::config::{Config, Credentials};
 use crate::credentials::{Sources, System};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::traffic::RouteTraffic;
 
 /// Everything a request needs, swapped whole on reload.
 pub struct State {
@@ -32,6 +33,8 @@ pub struct State {
     pub budget: Budget,
     /// Each route's request metrics, by prefix.
     pub route_metrics: HashMap<String, Arc<RouteMetrics>>,
+    /// Each route's targets and their health, retry budget and pacer, by prefix.
+    pub traffic: HashMap<String, Arc<RouteTraffic>>,
     runtime: Runtime,
 }
 
@@ -137,8 +140,17 @@ impl State {
             .iter()
             .map(|r| (r.prefix.clone(), Arc::new(runtime.metrics.route(&r.prefix))))
             .collect();
+        let traffic = config
+            .routes
+            .iter()
+            .map(|r| {
+                let t = RouteTraffic::new(r, &runtime.metrics);
+                (r.prefix.clone(), Arc::new(t))
+            })
+            .collect();
         Ok(State {
             route_metrics,
+            traffic,
             config,
             client,
             providers,

@@ -42,6 +42,7 @@ use crate::metrics::{CredentialLabels, Metrics};
 pub const REPLAY_BODY_LIMIT: u64 = 1024 * 1024;
 
 /// The upstream request being built: everything but the body.
+#[derive(Clone)]
 pub struct Outgoing {
     pub method: Method,
     pub uri: Uri,
@@ -181,114 +182,149 @@ impl Replay {
     }
 }
 
-/// Adds the route's credential to `out` and returns the request to send,
-/// with what a 401 (or a resend) will need.
+/// The request body as the attempts send it: held whole, so that it can
+/// be sent any number of times (none, a signed payload, or a small body
+/// kept within the buffer budget); or streaming from the client, once.
+pub enum Payload {
+    /// `None`: no body.
+    Kept(Option<Arc<Buffered>>),
+    Streamed(Option<ProxyBody>),
+}
+
+impl Payload {
+    /// True when another attempt can send the body again.
+    pub fn resendable(&self) -> bool {
+        matches!(self, Payload::Kept(_))
+    }
+
+    /// The body for one attempt.
+    fn take(&mut self) -> Result<ProxyBody, ProxyError> {
+        match self {
+            Payload::Kept(None) => Ok(crate::error::empty()),
+            Payload::Kept(Some(b)) => Ok(b.body()),
+            // A second attempt is never made with a streamed body.
+            Payload::Streamed(body) => body.take().ok_or(ProxyError::Internal),
+        }
+    }
+
+    fn kept(&self) -> Option<Option<Arc<Buffered>>> {
+        match self {
+            Payload::Kept(b) => Some(b.clone()),
+            Payload::Streamed(_) => None,
+        }
+    }
+}
+
+/// Reads what has to be read of the body before the first attempt: all of
+/// it, hashed, when `signs` (an AK/SK target) and the payload is signed;
+/// whether it is empty when it is sent unsigned (an empty body is signed
+/// with the empty-string hash, SPEC quirk 6); and a small body is kept.
+pub async fn prepare(
+    signs: bool,
+    out: &Outgoing,
+    body: RequestBody,
+    cx: &Injection<'_>,
+) -> Result<Payload, ProxyError> {
+    let limit = body.limit();
+    if !signs {
+        return keep(out, body, limit, cx).await;
+    }
+    let content_type =
+        aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
+    if aksk::is_unsigned(cx.route.payload, content_type) {
+        let (body, empty) = body::peek_empty(body, out.content_length).await?;
+        if empty {
+            return Ok(Payload::Kept(None));
+        }
+        return keep(out, body, limit, cx).await;
+    }
+    let reserve = Reserve::Wait {
+        budget: cx.budget,
+        wait: cx.buffer_wait,
+    };
+    let buffered = body::buffer(body, out.content_length, reserve, true).await?;
+    Ok(Payload::Kept(Some(Arc::new(buffered))))
+}
+
+/// Adds the credential of `provider` to `out` and returns the request to
+/// send with `payload`, with what a 401 (or a resend) will need.
 pub async fn inject(
     provider: Option<&Provider>,
     mut out: Outgoing,
-    body: RequestBody,
+    payload: &mut Payload,
     cx: &Injection<'_>,
 ) -> Result<(Request<ProxyBody>, Recovery), ProxyError> {
     let unavailable = ProxyError::CredentialsUnavailable;
-    let plain = |replay| Recovery {
+    let mut recovery = Recovery {
         kind: Used::Nothing,
         pass: None,
-        replay,
+        replay: None,
     };
-    let limit = body.limit();
     match provider {
-        None => {
-            let (body, replay) = keep_if_small(&out, body, limit, cx).await?;
-            Ok((out.into_request(body), plain(replay)))
-        }
+        None => {}
         Some(Provider::AkSk { keys, breaker }) => {
-            let pass = admit(breaker, cx)?;
-            let (body, replay) = sign_aksk(&mut out, body, &keys.current(), cx).await?;
-            let recovery = Recovery {
-                kind: Used::Nothing,
-                pass: Some(pass),
-                replay,
-            };
-            Ok((out.into_request(body), recovery))
+            recovery.pass = Some(admit(breaker, cx)?);
+            sign_aksk(&mut out, payload, &keys.current(), cx)?;
         }
         Some(Provider::Metadata {
             creds,
             max_wait,
             breaker,
         }) => {
-            let pass = admit(breaker, cx)?;
+            recovery.pass = Some(admit(breaker, cx)?);
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
-            let (body, replay) = sign_aksk(&mut out, body, &used.value, cx).await?;
-            let recovery = Recovery {
-                kind: Used::TemporaryKey {
-                    creds: creds.clone(),
-                    used,
-                },
-                pass: Some(pass),
-                replay,
+            sign_aksk(&mut out, payload, &used.value, cx)?;
+            recovery.kind = Used::TemporaryKey {
+                creds: creds.clone(),
+                used,
             };
-            Ok((out.into_request(body), recovery))
         }
         Some(Provider::Token {
             token, max_wait, ..
         }) => {
             let used = token.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
             out.headers.insert(X_AUTH_TOKEN, used.value.header.clone());
-            let (body, replay) = keep_if_small(&out, body, limit, cx).await?;
-            let recovery = Recovery {
-                kind: Used::Token {
-                    token: token.clone(),
-                    used,
-                    max_wait: *max_wait,
-                },
-                pass: None,
-                replay,
+            recovery.kind = Used::Token {
+                token: token.clone(),
+                used,
+                max_wait: *max_wait,
             };
-            Ok((out.into_request(body), recovery))
         }
         Some(Provider::ApiKey(key)) => {
             let key = key.current();
             out.headers.insert(key.header.clone(), key.value.clone());
-            let (body, replay) = keep_if_small(&out, body, limit, cx).await?;
-            Ok((out.into_request(body), plain(replay)))
         }
     }
+    recovery.replay = payload.kept().map(|kept| Replay::of(&out, kept));
+    let body = payload.take()?;
+    Ok((out.into_request(body), recovery))
 }
 
-/// Signs `out` with `creds` and returns the body to send: buffered and
-/// hashed (signed payload) or streamed (UNSIGNED-PAYLOAD, kept too when
-/// small), with the copy to send again when there is one.
-async fn sign_aksk(
+/// Signs `out` with `creds` for `payload`: its SHA-256 when it was read
+/// whole for signing, else UNSIGNED-PAYLOAD (the empty-string hash for no
+/// body at all).
+fn sign_aksk(
     out: &mut Outgoing,
-    body: RequestBody,
+    payload: &Payload,
     creds: &AkSkCredentials,
     cx: &Injection<'_>,
-) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError> {
+) -> Result<(), ProxyError> {
     let content_type =
         aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
-    let limit = body.limit();
     let unsigned = aksk::is_unsigned(cx.route.payload, content_type);
-    let (to_send, kept, empty) = if unsigned {
-        // An empty body is signed with the empty-string hash even under
-        // UNSIGNED-PAYLOAD (SPEC quirk 6), so find out whether it is empty.
-        let (body, empty) = body::peek_empty(body, out.content_length).await?;
-        let (body, kept) = keep(out, body, limit, cx).await?;
-        (body, kept, empty)
-    } else {
-        let reserve = Reserve::Wait {
-            budget: cx.budget,
-            wait: cx.buffer_wait,
-        };
-        let buffered = Arc::new(body::buffer(body, out.content_length, reserve, true).await?);
-        (buffered.body(), Some(Kept::Body(buffered)), false)
-    };
-    let hash = match &kept {
-        _ if unsigned => BodyHash::Unsigned { empty },
-        Some(Kept::Body(b)) if !b.is_empty() => match b.sha256() {
-            Some(hex) => BodyHash::Sha256Hex(hex),
-            None => BodyHash::Bytes(&[]),
+    let hash = match payload {
+        Payload::Kept(None) if unsigned => BodyHash::Unsigned { empty: true },
+        Payload::Kept(None) => BodyHash::Bytes(&[]),
+        Payload::Kept(Some(b)) if unsigned => BodyHash::Unsigned {
+            empty: b.is_empty(),
         },
-        _ => BodyHash::Bytes(&[]),
+        Payload::Kept(Some(b)) => match b.sha256() {
+            Some(hex) if !b.is_empty() => BodyHash::Sha256Hex(hex),
+            Some(_) => BodyHash::Bytes(&[]),
+            // Kept without a hash: prepared for a target that does not sign.
+            None => return Err(ProxyError::Internal),
+        },
+        Payload::Streamed(_) => BodyHash::Unsigned { empty: false },
     };
     let route_headers: Vec<_> = cx.route.headers.iter().map(|(n, _)| n).collect();
     let target = Target {
@@ -304,9 +340,8 @@ async fn sign_aksk(
         &route_headers,
         cx.now,
     )
-    .map_err(decorate_error)?;
-    let replay = kept.map(|k| Replay::of(out, k.into_body()));
-    Ok((to_send, replay))
+    .map(drop)
+    .map_err(decorate_error)
 }
 
 fn decorate_error(e: DecorateError) -> ProxyError {
@@ -319,50 +354,21 @@ fn decorate_error(e: DecorateError) -> ProxyError {
     }
 }
 
-/// A body held whole: none at all, or its bytes.
-enum Kept {
-    Nothing,
-    Body(Arc<Buffered>),
-}
-
-impl Kept {
-    fn into_body(self) -> Option<Arc<Buffered>> {
-        match self {
-            Kept::Nothing => None,
-            Kept::Body(b) => Some(b),
-        }
-    }
-}
-
 /// A small (or no) body is read and kept so that the request can be sent
 /// again; a large one streams through, and so does a small one when the
 /// buffer budget has no room for it right now (the request goes on; only
 /// the second chance is given up).
-async fn keep_if_small<B>(
-    out: &Outgoing,
-    body: B,
-    limit: u64,
-    cx: &Injection<'_>,
-) -> Result<(ProxyBody, Option<Box<Replay>>), ProxyError>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
-{
-    let (body, kept) = keep(out, body, limit, cx).await?;
-    Ok((body, kept.map(|k| Replay::of(out, k.into_body()))))
-}
-
-/// The body to send, and the copy kept of it, if any (see [`keep_if_small`]).
 async fn keep<B>(
     out: &Outgoing,
     body: B,
     limit: u64,
     cx: &Injection<'_>,
-) -> Result<(ProxyBody, Option<Kept>), ProxyError>
+) -> Result<Payload, ProxyError>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
 {
     if out.content_length == Some(0) || body.is_end_stream() {
-        return Ok((crate::error::empty(), Some(Kept::Nothing)));
+        return Ok(Payload::Kept(None));
     }
     let size = match out.content_length {
         Some(len) => Some(len),
@@ -372,12 +378,11 @@ where
         .filter(|&n| n <= REPLAY_BODY_LIMIT)
         .and_then(|n| cx.budget.try_reserve(n));
     let Some(reservation) = reservation else {
-        return Ok((BodyExt::boxed_unsync(body), None));
+        return Ok(Payload::Streamed(Some(BodyExt::boxed_unsync(body))));
     };
     let reserve = Reserve::Held(reservation);
-    let buffered =
-        Arc::new(body::buffer_stream(body, limit, out.content_length, reserve, false).await?);
-    Ok((buffered.body(), Some(Kept::Body(buffered))))
+    let buffered = body::buffer_stream(body, limit, out.content_length, reserve, false).await?;
+    Ok(Payload::Kept(Some(Arc::new(buffered))))
 }
 
 impl Recovery {

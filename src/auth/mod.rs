@@ -80,6 +80,11 @@ impl Provider {
         }
     }
 
+    /// True for AK/SK (long-lived or temporary): requests are signed.
+    pub fn signs(&self) -> bool {
+        matches!(self, Provider::AkSk { .. } | Provider::Metadata { .. })
+    }
+
     /// Which kind of credential this is, for hints.
     pub fn kind(&self) -> crate::gateway::Kind {
         use crate::gateway::Kind;

@@ -17,8 +17,6 @@ use http::{HeaderValue, Uri};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-
-use super::uses::Uses;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -273,25 +271,17 @@ impl StdError for EgressError {
 pub struct Stream {
     io: TokioIo<TcpStream>,
     proxied: bool,
-    uses: Uses,
 }
 
 impl Stream {
     fn new(io: TokioIo<TcpStream>, proxied: bool) -> Stream {
-        Stream {
-            io,
-            proxied,
-            uses: Uses::default(),
-        }
+        Stream { io, proxied }
     }
 }
 
 impl Connection for Stream {
     fn connected(&self) -> Connected {
-        self.io
-            .connected()
-            .proxy(self.proxied)
-            .extra(self.uses.clone())
+        self.io.connected().proxy(self.proxied)
     }
 }
 

@@ -17,12 +17,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::crypto::CryptoProvider;
 
 pub use egress::{EgressError, Rules, Way};
-pub use uses::{answered, reused};
+pub use uses::reused;
 
 use crate::config::{Egress, Http2, UpstreamTls};
 use crate::error::ProxyBody;
 
-type Pool = Client<HttpsConnector<egress::Connector>, ProxyBody>;
+type Pool = Client<uses::Counting<HttpsConnector<egress::Connector>>, ProxyBody>;
 
 /// The upstream client: cheap to clone; its clones share the connection
 /// pools (IAM, metadata and proxied requests share them). There is one set
@@ -238,7 +238,7 @@ fn main_pool(
     if !pooled {
         builder.pool_max_idle_per_host(0);
     }
-    builder.build(https)
+    builder.build(uses::Counting(https))
 }
 
 fn upgrade_pool(config: &rustls::ClientConfig, http: &HttpConnector, rules: &Arc<Rules>) -> Pool {
@@ -246,13 +246,13 @@ fn upgrade_pool(config: &rustls::ClientConfig, http: &HttpConnector, rules: &Arc
         .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
-        .build(
+        .build(uses::Counting(
             hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config.clone())
                 .https_or_http()
                 .enable_http1()
                 .wrap_connector(egress::Connector::tunnelling(http.clone(), rules.clone())),
-        )
+        ))
 }
 
 /// True when `host` is the Host hyper writes for an HTTP/1.1 request to

@@ -5,6 +5,7 @@
 //! collecting *every* problem with its key path. The runtime never sees TOML.
 
 pub mod server;
+pub mod traffic;
 pub mod upstream;
 pub mod walk;
 
@@ -12,6 +13,7 @@ pub use server::{
     DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, Listen,
     RequireHeader, Server, address,
 };
+pub use traffic::{Fallback, Pacing, Retry};
 pub use upstream::{Egress, EgressProxy, Http2, Roots, UpstreamTls, redact_userinfo};
 
 use std::collections::BTreeMap;
@@ -92,6 +94,14 @@ pub struct Route {
     pub payload: PayloadMode,
     pub timeout: Duration,
     pub max_body: u64,
+    /// What failed attempts are tried again (DESIGN §12).
+    pub retry: Retry,
+    /// Rate, concurrency and the queue in front of them.
+    pub pacing: Pacing,
+    /// Targets tried in order after `upstream`.
+    pub fallbacks: Vec<Fallback>,
+    /// Throttling moves to the next target too, for another region's quota.
+    pub fallback_on_throttle: bool,
 }
 
 /// A `[credentials.NAME]` table, validated. Static secrets are resolved
@@ -252,6 +262,13 @@ const ROUTE_KEYS: &[&str] = &[
     "payload",
     "timeout",
     "max_body",
+    "retry",
+    "rate",
+    "burst",
+    "concurrency",
+    "queue_timeout",
+    "fallback",
+    "fallback_on_throttle",
 ];
 const AKSK_KEYS: &[&str] = &[
     "type",
@@ -547,6 +564,10 @@ fn route(
     };
     let timeout = s.duration(report, "timeout").unwrap_or(server.timeout);
     let max_body = s.size(report, "max_body").unwrap_or(server.max_body);
+    let retry = traffic::retry(report, s);
+    let pacing = traffic::pacing(report, s);
+    let fallbacks = traffic::fallbacks(report, s, credential_names);
+    let fallback_on_throttle = s.bool(report, "fallback_on_throttle").unwrap_or(false);
     let match_prefix = prefix.trim_end_matches('/').to_owned();
     Some(Route {
         prefix: prefix.to_owned(),
@@ -557,6 +578,10 @@ fn route(
         payload,
         timeout,
         max_body,
+        retry,
+        pacing,
+        fallbacks,
+        fallback_on_throttle,
     })
 }
 

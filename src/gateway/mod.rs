@@ -110,6 +110,19 @@ pub struct GatewayRequestId(pub String);
 #[derive(Debug, Default)]
 pub struct Seen {
     pub error: Option<GatewayError>,
+    /// The error code of any Huawei-style error body: APIG's, or the
+    /// service's own (`ModelArts.4206`), for the retry rules.
+    pub code: Option<String>,
+}
+
+/// The `error_code` of a JSON error body (`{"error_code":"ModelArts.4206"}`),
+/// or its OpenAI-style form (`{"error":{"code":"ModelArts.81101"}}`).
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = v
+        .get("error_code")
+        .or_else(|| v.get("error")?.get("code"))?;
+    code.as_str().map(str::to_owned)
 }
 
 /// Looks at an upstream answer: for an error status, its body
@@ -136,6 +149,7 @@ where
         return (Response::from_parts(parts, body), seen);
     }
     let (head, rest) = read_head(body, wait).await;
+    seen.code = error_code(&head);
     if let Some(err) = GatewayError::parse(&head) {
         if let Some(line) = hint(&err, parts.status.as_u16())
             && let Ok(v) = HeaderValue::from_str(&line)

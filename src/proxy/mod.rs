@@ -9,6 +9,7 @@
 //! its response body ends ([`observe`]).
 
 pub mod connection;
+mod forward;
 pub mod guard;
 pub mod observe;
 mod resend;
@@ -18,17 +19,17 @@ pub mod upgrade;
 use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use crate::auth::inject::{self, Injection, Outgoing};
-use crate::body::{Progress, RequestBody};
+use crate::auth::inject::Outgoing;
+use crate::body::RequestBody;
 use crate::config::{Route, Server};
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::headers::{self, CLIENT_CREDENTIAL_HEADERS, HOP_BY_HOP};
 use crate::request_id;
-use crate::route::{match_route, upstream_path_and_query};
+use crate::route::match_route;
 use crate::state::{Shared, State};
 pub use connection::Connection;
 use observe::Exchange;
@@ -91,8 +92,13 @@ where
     if let Some(ws) = &websocket {
         ws.request_headers(&mut outgoing.headers);
     }
-    // Credentials, the send and 401 recovery, within the gateway's deadline until the response head.
-    let response = forward(state, route, outgoing, body).await?;
+    // Pacing, then attempts (credentials, the send with its resends, 401 recovery, retries and
+    // failover), within the gateway's deadline until the response head.
+    let rest = forward::Rest {
+        path: &rest,
+        query: parts.uri.query(),
+    };
+    let response = forward::forward(state, route, outgoing, rest, body, exchange).await?;
     // The response streams back without its hop-by-hop headers (its idle timer is set by `respond`);
     // after a 101 the WebSocket is spliced, idle-timed, owned by the connection.
     Ok(match websocket {
@@ -170,14 +176,13 @@ fn rewrite(
     content_length: Option<u64>,
     server: &Server,
 ) -> Result<Outgoing, ProxyError> {
-    let path_and_query =
-        upstream_path_and_query(&route.upstream.base_path, rest, parts.uri.query());
-    let uri = Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
+    let uri = forward::target_uri(
+        &route.upstream,
+        &forward::Rest {
+            path: rest,
+            query: parts.uri.query(),
+        },
+    )?;
     let secret = server.require_header.as_ref().map(|r| &r.name);
     let mut headers = forward_headers(&parts.headers, secret);
     headers.insert(
@@ -218,60 +223,6 @@ fn forward_headers(src: &HeaderMap, secret: Option<&HeaderName>) -> HeaderMap {
         }
     }
     out
-}
-
-/// Injects the credential, sends, and answers a 401, all within the
-/// route's `timeout` (the gateway's 40 s) until the response head. When
-/// the deadline passes while the client's body is still awaited, the
-/// client is to blame (408); otherwise the upstream (504).
-async fn forward(
-    state: &State,
-    route: &Route,
-    outgoing: Outgoing,
-    body: RequestBody,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let deadline = tokio::time::Instant::now() + route.timeout;
-    let progress: Arc<Progress> = body.progress();
-    let provider = route
-        .credentials
-        .as_ref()
-        .and_then(|name| state.providers.get(name));
-    let cx = Injection {
-        route,
-        deadline,
-        now: (state.clock)(),
-        metrics: &state.metrics,
-        budget: &state.budget,
-        buffer_wait: state.config.server.buffer_wait,
-    };
-    let once = send::Once {
-        state,
-        route,
-        provider,
-        body: &progress,
-    };
-    let exchange = async {
-        let (request, recovery) = inject::inject(provider, outgoing, body, &cx).await?;
-        let request = send::chunked_if_unknown(request);
-        let (response, seen) = once.send(request, recovery.replay()).await?;
-        match recovery
-            .after(response.status(), seen.error.as_ref(), &cx)
-            .await
-        {
-            Some(again) => once
-                .send(again.request(), Some(&again))
-                .await
-                .map(|(r, _)| r),
-            None => Ok(response),
-        }
-    };
-    match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(result) => result,
-        Err(_elapsed) if progress.waiting_on_client() => {
-            Err(ProxyError::RequestTimeout(route.timeout))
-        }
-        Err(_elapsed) => Err(ProxyError::UpstreamTimeout(route.timeout)),
-    }
 }
 
 fn stream_back(mut response: Response<ProxyBody>) -> Response<ProxyBody> {

@@ -68,6 +68,13 @@ pub struct Exchange {
     /// The gateway's own id (APIG's `X-Request-Id`, or its error body's
     /// `request_id`), when it sent one.
     gateway_request_id: Option<String>,
+    /// Attempts made upstream (retries and failovers included, resends not).
+    attempts: u32,
+    /// The target that answered (`scheme://authority`).
+    upstream: Option<String>,
+    /// The request's pacing turn: its concurrency slot is held until the
+    /// response body ends.
+    turn: Option<crate::traffic::pace::Turn>,
     finished: bool,
 }
 
@@ -96,6 +103,9 @@ impl Exchange {
             bytes_out: 0,
             request_id,
             gateway_request_id: None,
+            attempts: 0,
+            upstream: None,
+            turn: None,
             finished: false,
         }
     }
@@ -119,6 +129,19 @@ impl Exchange {
         self.route
             .get_or_insert_with(|| Arc::new(self.metrics.route("none")))
             .clone()
+    }
+
+    /// An attempt went to `upstream`.
+    pub fn attempted(&mut self, upstream: &str) {
+        self.attempts += 1;
+        if self.upstream.as_deref() != Some(upstream) {
+            self.upstream = Some(upstream.to_owned());
+        }
+    }
+
+    /// Holds the request's pacing turn until the response body ends.
+    pub fn hold(&mut self, turn: crate::traffic::pace::Turn) {
+        self.turn = Some(turn);
     }
 
     pub fn set_request_body(&mut self, progress: Arc<Progress>) {
@@ -193,6 +216,7 @@ impl Exchange {
             },
         );
         self.conn.request_finished();
+        self.turn = None;
         let peer = self.conn.peer().map(|p| p.to_string());
         tracing::info!(
             target: "modelarts_proxy::access",
@@ -206,6 +230,8 @@ impl Exchange {
             outcome = outcome.as_str(),
             bytes_in,
             bytes_out = self.bytes_out,
+            attempts = self.attempts,
+            upstream = self.upstream.as_deref().unwrap_or(""),
             head_ms = self.head_after.as_millis() as u64,
             total_ms = total.as_millis() as u64,
             client = peer.as_deref().unwrap_or("local"),

@@ -16,18 +16,39 @@ use crate::auth::Provider;
 use crate::auth::inject::Replay;
 use crate::body::{BodyIdle, LimitExceeded, Progress};
 use crate::client::MAX_RESPONSE_HEAD;
-use crate::config::Route;
+use crate::config::{Route, Upstream};
 use crate::error::{ProxyBody, ProxyError, chain};
 use crate::gateway::{self, HintContext, Kind, Seen, codes};
 use crate::state::State;
+use crate::traffic::Target;
 
 /// One send of one request on a route: the request, the answer's head, and
 /// what the gateway said in it.
 pub struct Once<'a> {
     pub state: &'a State,
     pub route: &'a Route,
+    /// Where this attempt goes: the route's upstream or a fallback.
+    pub target: &'a Target,
     pub provider: Option<&'a Provider>,
     pub body: &'a Progress,
+}
+
+/// A send that got no answer: the error for the client, and whether no
+/// connection could be made at all (refused, reset, TLS or DNS failure:
+/// no byte of the request was written, so it may be tried again).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    pub connect: bool,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Failed {
+        Failed {
+            error,
+            connect: false,
+        }
+    }
 }
 
 impl Once<'_> {
@@ -38,20 +59,20 @@ impl Once<'_> {
         &self,
         req: Request<ProxyBody>,
         replay: Option<&Replay>,
-    ) -> Result<(Response<ProxyBody>, Seen), ProxyError> {
-        let (state, route) = (self.state, self.route);
+    ) -> Result<(Response<ProxyBody>, Seen), Failed> {
+        let (state, route, target) = (self.state, self.route, self.target);
         let response = self.send_until_processed(req, replay).await?;
         let received = (state.local_clock())();
-        let source = route.upstream.authority.as_str();
+        let source = target.upstream.authority.as_str();
         if let Some(date) = gateway::http_date(response.headers()) {
             state.skew.observe(date, received, source);
         }
         let idle = state.config.server.idle_timeout;
         let (response, seen) = gateway::inspect(response, idle, |err, status| {
             let cx = HintContext {
-                credentials: route.credentials.as_deref(),
+                credentials: target.credentials.as_deref(),
                 kind: self.provider.map_or(Kind::None, Provider::kind),
-                upstream: &route.upstream.url(),
+                upstream: &target.upstream.url(),
                 skew_seconds: seen_skew(state, err, received),
             };
             codes::hint(err, status, &cx)
@@ -96,8 +117,9 @@ impl Once<'_> {
         &self,
         mut req: Request<ProxyBody>,
         replay: Option<&Replay>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, Failed> {
         let (client, route) = (&self.state.client, self.route);
+        let upstream = &self.target.upstream;
         let mut resends = 0;
         let mut fresh = false;
         loop {
@@ -112,10 +134,9 @@ impl Once<'_> {
             };
             let err = match sent {
                 Ok(response) => {
-                    crate::client::answered(&response);
                     return match head_size(response.headers()) {
                         size if size > MAX_RESPONSE_HEAD => {
-                            Err(head_too_large(route, &format!("{size} bytes")))
+                            Err(head_too_large(upstream, &format!("{size} bytes")).into())
                         }
                         _ => Ok(response),
                     };
@@ -148,7 +169,12 @@ impl Once<'_> {
                     );
                     req = replay.request();
                 }
-                _ => return Err(classify_upstream_error(&err, self.body, route, why)),
+                _ => {
+                    return Err(Failed {
+                        error: classify_upstream_error(&err, self.body, route, upstream, why),
+                        connect: err.is_connect() && !self.body.failed(),
+                    });
+                }
             }
         }
     }
@@ -180,10 +206,10 @@ fn head_size(headers: &http::HeaderMap) -> usize {
 
 /// The upstream answered with a head over [`MAX_RESPONSE_HEAD`]; `what`
 /// says how large, or what the HTTP library said of it.
-fn head_too_large(route: &Route, what: &dyn std::fmt::Display) -> ProxyError {
+fn head_too_large(upstream: &Upstream, what: &dyn std::fmt::Display) -> ProxyError {
     ProxyError::UpstreamUnreachable(format!(
         "upstream {} sent a response head larger than {} KiB, the most the proxy accepts: {what}",
-        route.upstream.authority,
+        upstream.authority,
         MAX_RESPONSE_HEAD / 1024,
     ))
 }
@@ -195,6 +221,7 @@ fn classify_upstream_error(
     err: &hyper_util::client::legacy::Error,
     body: &Progress,
     route: &Route,
+    upstream: &Upstream,
     why: Option<Resend>,
 ) -> ProxyError {
     if body.tripped() {
@@ -222,19 +249,19 @@ fn classify_upstream_error(
             chain(err)
         ));
     }
-    let upstream = route.upstream.authority.as_str();
+    let authority = upstream.authority.as_str();
     if err.is_connect() {
         return ProxyError::UpstreamUnreachable(format!(
-            "cannot connect to upstream {upstream}: {}",
+            "cannot connect to upstream {authority}: {}",
             chain(err)
         ));
     }
     if resend::is_head_too_large(err) {
-        return head_too_large(route, &chain(err));
+        return head_too_large(upstream, &chain(err));
     }
     if let Some(why) = why {
         return ProxyError::UpstreamUnreachable(format!(
-            "upstream {upstream} {}{}: {}",
+            "upstream {authority} {}{}: {}",
             why.describe(),
             match why {
                 Resend::ClosedBeforeAnswer =>
@@ -245,7 +272,7 @@ fn classify_upstream_error(
         ));
     }
     ProxyError::UpstreamUnreachable(format!(
-        "upstream {upstream} failed before sending a response head: {}",
+        "upstream {authority} failed before sending a response head: {}",
         chain(err)
     ))
 }

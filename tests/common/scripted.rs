@@ -82,7 +82,7 @@ async fn serve_h2(
     if let Some(n) = script.max_streams {
         builder.max_concurrent_streams(n);
     }
-    let Ok(mut conn) = builder.handshake::<_, Bytes>(stream).await else {
+    let Ok(mut conn) = builder.handshake::<_, Bytes>(Lingering(Some(stream))).await else {
         return;
     };
     let mut served = 0;
@@ -135,6 +135,63 @@ async fn answer_h2(
     };
     if ended.is_err() {
         resets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection that closes as nginx does (`lingering_close`): its write
+/// side first, then it reads what the client still sends for a moment
+/// before the socket goes. Closed at once with unread bytes, the socket
+/// would answer them with RST, and the client could lose the last frames
+/// written to it (a GOAWAY saying which streams were not processed).
+struct Lingering(Option<TcpStream>);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = stream.shutdown().await;
+                let mut sink = [0u8; 4096];
+                let drain = async { while let Ok(1..) = stream.read(&mut sink).await {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+            });
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.0.as_mut().unwrap()).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(self.0.as_mut().unwrap()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.0.as_mut().unwrap()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.0.as_mut().unwrap()).poll_shutdown(cx)
     }
 }
 

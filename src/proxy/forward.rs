@@ -1,0 +1,305 @@
+//! From the rewritten request to the upstream's answer, attempt after
+//! attempt (DESIGN §12). The body is read as far as it must be first (held
+//! whole when it is small or signed, so it can be sent again); then the
+//! pacing gate (a queued request is signed with a date from when it
+//! leaves); then for each attempt: the target, a fresh credential, the send
+//! (with the resends of the connection's ordinary life, which are no
+//! attempts), 401 recovery, and the verdict: done, or tried again after
+//! `Retry-After` or a jittered backoff, within the route's `timeout` and its
+//! retry budget, on the same target (throttling) or the next (a connection
+//! failure, a gateway 5xx). The last answer passes through unchanged when
+//! every attempt failed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Response, header};
+use tokio::time::Instant;
+
+use super::observe::Exchange;
+use super::send::{self, Failed};
+use crate::auth::Provider;
+use crate::auth::inject::{self, Injection, Outgoing};
+use crate::body::{Progress, RequestBody};
+use crate::config::{Route, Upstream};
+use crate::error::{ProxyBody, ProxyError};
+use crate::gateway::Seen;
+use crate::route::upstream_path_and_query;
+use crate::state::State;
+use crate::traffic::health::Turn;
+use crate::traffic::retry::{self, Reason};
+use crate::traffic::{RouteTraffic, Target};
+
+/// Where the request goes besides the route's own upstream: the path after
+/// the prefix and the query, to put under each target's base path.
+pub struct Rest<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+/// The upstream URL of `rest` on `upstream`.
+pub fn target_uri(upstream: &Upstream, rest: &Rest<'_>) -> Result<http::Uri, ProxyError> {
+    http::Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(upstream_path_and_query(
+            &upstream.base_path,
+            rest.path,
+            rest.query,
+        ))
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))
+}
+
+/// Sends the request until it is answered or no attempt is left, within
+/// the route's `timeout` (the gateway's 40 s) until the response head.
+/// When the deadline passes while the client's body is still awaited, the
+/// client is to blame (408); otherwise the upstream (504).
+pub async fn forward(
+    state: &State,
+    route: &Route,
+    outgoing: Outgoing,
+    rest: Rest<'_>,
+    body: RequestBody,
+    exchange: &mut Exchange,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let deadline = Instant::now() + route.timeout;
+    let progress: Arc<Progress> = body.progress();
+    let traffic = state
+        .traffic
+        .get(&route.prefix)
+        .ok_or(ProxyError::Internal)?
+        .clone();
+    traffic.budget.deposit(Instant::now());
+    let attempts = Attempts {
+        state,
+        route,
+        traffic: &traffic,
+        rest,
+        deadline,
+        progress: &progress,
+    };
+    match tokio::time::timeout_at(deadline, attempts.run(outgoing, body, exchange)).await {
+        Ok(result) => result,
+        Err(_elapsed) if progress.waiting_on_client() => {
+            Err(ProxyError::RequestTimeout(route.timeout))
+        }
+        Err(_elapsed) => Err(ProxyError::UpstreamTimeout(route.timeout)),
+    }
+}
+
+struct Attempts<'a> {
+    state: &'a State,
+    route: &'a Route,
+    traffic: &'a RouteTraffic,
+    rest: Rest<'a>,
+    deadline: Instant,
+    progress: &'a Progress,
+}
+
+/// One attempt's result: the answer (and what the gateway said in it), or
+/// no answer.
+type Attempt = Result<(Response<ProxyBody>, Seen), Failed>;
+
+impl Attempts<'_> {
+    fn provider(&self, target: &Target) -> Option<&Provider> {
+        let name = target.credentials.as_ref()?;
+        self.state.providers.get(name)
+    }
+
+    fn injection(&self) -> Injection<'_> {
+        Injection {
+            route: self.route,
+            deadline: self.deadline,
+            // Each attempt is signed anew, with the time it leaves.
+            now: (self.state.clock)(),
+            metrics: &self.state.metrics,
+            budget: &self.state.budget,
+            buffer_wait: self.state.config.server.buffer_wait,
+        }
+    }
+
+    async fn run(
+        &self,
+        outgoing: Outgoing,
+        body: RequestBody,
+        exchange: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (state, route, traffic) = (self.state, self.route, self.traffic);
+        // Read as much of the body as must be read before the first attempt:
+        // a waiting request then holds its connection and this, nothing more.
+        let signs = traffic
+            .targets
+            .iter()
+            .any(|t| matches!(self.provider(t), Some(p) if p.signs()));
+        let mut payload = inject::prepare(signs, &outgoing, body, &self.injection()).await?;
+        // The pacing gate: the route's rate and concurrency, first come first served.
+        let turn = traffic.pacer.admit().await.map_err(|limited| {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&crate::metrics::RouteLabels {
+                    route: route.prefix.clone(),
+                })
+                .inc();
+            ProxyError::RateLimited {
+                route: route.prefix.clone(),
+                limit: limited.limit,
+                waited: limited.waited,
+                retry_after: limited.retry_after,
+            }
+        })?;
+        if turn.paced {
+            state
+                .metrics
+                .queue
+                .get_or_create(&crate::metrics::RouteLabels {
+                    route: route.prefix.clone(),
+                })
+                .observe(turn.waited);
+        }
+        exchange.hold(turn);
+        let idempotent = super::resend::is_idempotent(&outgoing.method);
+        let mut from = 0;
+        let mut attempt = 1u32;
+        loop {
+            let (i, health_turn) = traffic.pick(from, Instant::now());
+            let target = &traffic.targets[i];
+            exchange.attempted(&target.label);
+            let result = self
+                .attempt(target, i, &outgoing, &mut payload, health_turn)
+                .await?;
+            let reason = match &result {
+                Ok((response, seen)) => {
+                    retry::classify(response.status(), seen.code.as_deref(), idempotent)
+                }
+                Err(failed) if failed.connect => Some(Reason::Connect),
+                Err(_) => None,
+            };
+            let target_failed = matches!(reason, Some(Reason::Connect | Reason::Gateway5xx));
+            let why = reason.map_or("", Reason::as_str);
+            traffic.outcome(
+                i,
+                target_failed,
+                Instant::now(),
+                &route.prefix,
+                &state.metrics,
+                why,
+            );
+            if reason == Some(Reason::Throttled)
+                && let Some(rate) = traffic.pacer.throttled(Instant::now())
+            {
+                tracing::warn!(route = %route.prefix, "the gateway throttled; the route slows down to {rate:.1} requests a second, and climbs back a tenth a second while not throttled");
+            }
+            let Some(reason) = reason else {
+                return done(result);
+            };
+            let failover = reason.fails_over(route.fallback_on_throttle);
+            // A failover gives each target one try, whatever `attempts` says.
+            let tries_left = attempt < route.retry.attempts
+                || (failover && (attempt as usize) < traffic.targets.len());
+            if !tries_left || !payload.resendable() {
+                return done(result);
+            }
+            let wait = match &result {
+                Ok((response, _)) => retry::retry_after(response.headers(), SystemTime::now()),
+                Err(_) => None,
+            }
+            .unwrap_or_else(|| retry::backoff(&route.retry, attempt, retry::jitter()));
+            // A wait that would pass the deadline is not started.
+            if Instant::now() + wait >= self.deadline {
+                return done(result);
+            }
+            if !traffic.budget.withdraw(Instant::now()) {
+                tracing::warn!(route = %route.prefix, reason = why, "not retried: the route's retry budget is spent (20% of its requests over 10 s, plus 10 a second)");
+                return done(result);
+            }
+            state.metrics.retry(&route.prefix, reason.as_str());
+            let next = if failover { i + 1 } else { i };
+            tracing::info!(
+                route = %route.prefix,
+                reason = why,
+                attempt = attempt + 1,
+                of = route.retry.attempts,
+                upstream = %traffic.targets[next % traffic.targets.len()].label,
+                "trying again in {}: {}",
+                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                describe(&result)
+            );
+            drop(result);
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+            from = next;
+        }
+    }
+
+    /// One attempt on `target`: a fresh credential, the send, 401 recovery.
+    /// An error here (no credential, a bad request) ends the request.
+    async fn attempt(
+        &self,
+        target: &Target,
+        index: usize,
+        template: &Outgoing,
+        payload: &mut inject::Payload,
+        turn: Turn,
+    ) -> Result<Attempt, ProxyError> {
+        let provider = self.provider(target);
+        let mut out = template.clone();
+        if index > 0 {
+            out.uri = target_uri(&target.upstream, &self.rest)?;
+            out.headers.insert(
+                header::HOST,
+                HeaderValue::from_str(target.upstream.authority.as_str())
+                    .map_err(|_| ProxyError::Internal)?,
+            );
+        }
+        let cx = self.injection();
+        let injected = inject::inject(provider, out, payload, &cx).await;
+        let (request, recovery) = match injected {
+            Ok(x) => x,
+            Err(e) => {
+                if turn == Turn::Probe {
+                    target.health.abandoned();
+                }
+                return Err(e);
+            }
+        };
+        let request = send::chunked_if_unknown(request);
+        let once = send::Once {
+            state: self.state,
+            route: self.route,
+            target,
+            provider,
+            body: self.progress,
+        };
+        let (response, seen) = match once.send(request, recovery.replay()).await {
+            Ok(answer) => answer,
+            Err(failed) => return Ok(Err(failed)),
+        };
+        Ok(
+            match recovery
+                .after(response.status(), seen.error.as_ref(), &cx)
+                .await
+            {
+                Some(again) => once.send(again.request(), Some(&again)).await,
+                None => Ok((response, seen)),
+            },
+        )
+    }
+}
+
+/// The attempt's answer, or its error, for the client.
+fn done(result: Attempt) -> Result<Response<ProxyBody>, ProxyError> {
+    result.map(|(r, _)| r).map_err(|f| f.error)
+}
+
+/// What a failed attempt got, for the retry's log line.
+fn describe(result: &Attempt) -> String {
+    match result {
+        Ok((response, seen)) => match &seen.code {
+            Some(code) => format!("{} {code}", response.status().as_u16()),
+            None => response.status().as_u16().to_string(),
+        },
+        Err(failed) => failed.error.to_string(),
+    }
+}
