@@ -15,6 +15,12 @@
 //! * `request/proxy_token`: client → proxy route with an IAM token (cached,
 //!   refreshed in the background) → upstream. The body is kept for a 401 replay.
 //! * `request/proxy_apikey`: client → proxy route with an app code → upstream.
+//!   Retries are on (the default `retry`), as on every route above.
+//! * `request/proxy_apikey_retries_off`: the same with `retry = { attempts = 1 }`:
+//!   what a retry-capable path costs when nothing fails is the difference.
+//! * `request/proxy_apikey_paced_fallback`: the same with `rate`, `concurrency`
+//!   (never reached) and a `[[route.fallback]]`: the pacing gate and the
+//!   target choice on the happy path.
 //!
 //! All three send the same POST with a small JSON body to the same trivial
 //! upstream (reads the body, answers 200 with a small JSON), so the only
@@ -145,6 +151,21 @@ prefix = "/apikey"
 upstream = "http://{upstream}{SERVICE_PATH}"
 credentials = "appcode"
 
+[[route]]
+prefix = "/apikey_retries_off"
+upstream = "http://{upstream}{SERVICE_PATH}"
+credentials = "appcode"
+retry = {{ attempts = 1 }}
+
+[[route]]
+prefix = "/apikey_paced_fallback"
+upstream = "http://{upstream}{SERVICE_PATH}"
+credentials = "appcode"
+rate = "1000000/s"
+concurrency = 100000
+[[route.fallback]]
+upstream = "http://{stand_in}{SERVICE_PATH}"
+
 [credentials.bench]
 type = "aksk"
 access_key = "{AK}"
@@ -216,6 +237,12 @@ fn request(c: &mut Criterion) {
         .parse()
         .unwrap();
     let proxy_apikey: Uri = format!("http://{}/apikey", servers.proxy).parse().unwrap();
+    let retries_off: Uri = format!("http://{}/apikey_retries_off", servers.proxy)
+        .parse()
+        .unwrap();
+    let paced: Uri = format!("http://{}/apikey_paced_fallback", servers.proxy)
+        .parse()
+        .unwrap();
 
     // Not measured: the AK/SK route signs correctly (the stand-in checks the
     // signature), and every measured target answers 200.
@@ -233,6 +260,8 @@ fn request(c: &mut Criterion) {
             &proxy_aksk,
             &proxy_token,
             &proxy_apikey,
+            &retries_off,
+            &paced,
         ] {
             assert_eq!(&round_trip(&client, uri).await[..], UPSTREAM_REPLY);
         }
@@ -245,6 +274,8 @@ fn request(c: &mut Criterion) {
         ("proxy_aksk_json", &proxy_aksk),
         ("proxy_token", &proxy_token),
         ("proxy_apikey", &proxy_apikey),
+        ("proxy_apikey_retries_off", &retries_off),
+        ("proxy_apikey_paced_fallback", &paced),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| rt.block_on(round_trip(&client, uri)));

@@ -7,8 +7,10 @@
 # The upstream is the verifying stand-in gateway + IAM (examples/stand_in.rs,
 # its own process): every AK/SK signature and IAM token is checked, and the
 # stand-in's tokens live 30 s, so the proxy refreshes its token during the
-# run. wrk rotates four requests: GET and a 1 KiB JSON POST on an AK/SK route
-# and on a token route.
+# run. wrk rotates six requests: GET and a 1 KiB JSON POST on an AK/SK route
+# and on a token route, and a POST on a paced route (rate and concurrency
+# queue) and on a route whose first target refuses every connection (retries,
+# failover, ejection, probes).
 #
 # With -u nginx, the proxy reaches the stand-in through nginx as gateways
 # run it: HTTPS with h2 and http/1.1 by ALPN, at nginx's defaults
@@ -137,6 +139,7 @@ fi
 
 port=$(free_port)
 admin=$(free_port)
+dead=$(free_port)
 cat >"$work/proxy.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -150,6 +153,24 @@ credentials = "aksk"
 prefix = "/token"
 upstream = "$service/v1/infers/soak"
 credentials = "iam"
+# Pacing on the way: a queue in front of 48 requests at a time (wrk has 64
+# connections), and a rate it keeps under.
+[[route]]
+prefix = "/paced"
+upstream = "$service/v1/infers/soak"
+credentials = "aksk"
+rate = "50000/s"
+concurrency = 48
+queue_timeout = "10s"
+# Retries and failover on the way: the first target refuses every
+# connection, is ejected after 5 failures and probed every 30 s.
+[[route]]
+prefix = "/failover"
+upstream = "http://127.0.0.1:$dead/v1/infers/soak"
+credentials = "aksk"
+retry = { attempts = 2, backoff = "10ms", max_backoff = "10ms" }
+[[route.fallback]]
+upstream = "$service/v1/infers/soak"
 [credentials.aksk]
 type = "aksk"
 access_key = { env = "STAND_IN_AK" }
@@ -178,10 +199,12 @@ init = function(args)
   reqs[2] = wrk.format("POST", "/predict", h, json)
   reqs[3] = wrk.format("GET", "/token/predict?soak=1")
   reqs[4] = wrk.format("POST", "/token/predict", h, json)
+  reqs[5] = wrk.format("POST", "/paced/predict", h, json)
+  reqs[6] = wrk.format("POST", "/failover/predict", h, json)
 end
 request = function()
   n = n + 1
-  return reqs[(n % 4) + 1]
+  return reqs[(n % 6) + 1]
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -239,13 +262,16 @@ fi
 [ -f "$work/reloads" ] && reloads=$(wc -l <"$work/reloads")
 # Every access-log line's outcome (the probe's and warm-up's too).
 outcomes=$(grep -o 'outcome="\{0,1\}[a-z_]*' "$work/proxy.log" | sed 's/outcome="\{0,1\}//' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}')
-resends=$(curl -fsS "http://127.0.0.1:$admin/metrics" | sed -n 's/^modelarts_proxy_resends_total{reason="\([a-z_]*\)"} \([0-9]*\)/\1=\2/p' | tr '\n' ' ')
+metrics=$(curl -fsS "http://127.0.0.1:$admin/metrics")
+resends=$(sed -n 's/^modelarts_proxy_resends_total{reason="\([a-z_]*\)"} \([0-9]*\)/\1=\2/p' <<<"$metrics" | tr '\n' ' ')
+retries=$(sed -n 's/^modelarts_proxy_retries_total{route="\([^"]*\)",reason="\([a-z_0-9]*\)"} \([0-9]*\)/\1:\2=\3/p' <<<"$metrics" | tr '\n' ' ')
+queued=$(sed -n 's/^modelarts_proxy_queue_seconds_count{route="\/paced"} \([0-9]*\)/\1/p' <<<"$metrics")
 # What went wrong, if anything did: the most frequent warnings.
 if grep -q ' WARN ' "$work/proxy.log"; then
     echo "most frequent warnings:"
     grep ' WARN ' "$work/proxy.log" | sed 's/^[^ ]* *//; s/request_id=[0-9a-f]*//' | cut -c1-300 | sort | uniq -c | sort -rn | head -5
 fi
-echo "upstream: $UPSTREAM${tls:+ (TLS, upstream_tls.http2 = $HTTP2)}; nginx reloads: $reloads; resends: ${resends:-none}; outcomes: $outcomes"
+echo "upstream: $UPSTREAM${tls:+ (TLS, upstream_tls.http2 = $HTTP2)}; nginx reloads: $reloads; resends: ${resends:-none}; retries: ${retries:-none}; paced: ${queued:-0}; outcomes: $outcomes"
 
 result=$(grep '^requests=' "$work/wrk.txt")
 python3 - "$work/samples" "$result" "$REQUESTS" "$outcomes" "$CONNS" "$UPSTREAM" "$settled" <<'PY'

@@ -60,6 +60,22 @@ fn the_reference_config_shows_every_server_key() {
     }
 }
 
+#[test]
+fn the_reference_config_shows_every_route_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/modelarts-proxy.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for key in config::ROUTE_KEYS {
+        let shown = text.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[route.{key}]]"))
+        });
+        assert!(
+            shown,
+            "config/modelarts-proxy.toml does not show route.{key}"
+        );
+    }
+}
+
 /// The `config.toml: |` blocks of the Kubernetes manifests' ConfigMaps.
 fn configmap_configs(yaml: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -249,3 +249,25 @@ async fn a_drain_lets_an_open_websocket_run_and_a_second_signal_closes_it() {
         .expect("the daemon ends")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_handshake_the_first_target_cannot_take_fails_over_and_the_socket_works() {
+    let gw = stand_in_all().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = start_proxy(&format!(
+        "[[route]]\nprefix = \"/sig\"\nupstream = \"http://{dead}/v1/infers/svc\"\ncredentials = \"test\"\nretry = {{ backoff = \"10ms\" }}\n\
+         [[route.fallback]]\nupstream = \"http://{gw}/v1/infers/svc\"\n{TEST_CREDENTIALS}"
+    ))
+    .await;
+    // Refused, then signed for the fallback and upgraded there.
+    let mut ws = connect(&proxy, "/sig/ws").await.unwrap();
+    ws.send(Message::text("over there")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("over there")));
+    assert_eq!(
+        proxy.metric("modelarts_proxy_retries_total{route=\"/sig\",reason=\"connect\"}"),
+        1.0
+    );
+}

@@ -254,7 +254,8 @@ const TOP_KEYS: &[&str] = &[
     "upstream_tls",
     "upstream_proxy",
 ];
-const ROUTE_KEYS: &[&str] = &[
+/// The keys of a `[[route]]` table.
+pub const ROUTE_KEYS: &[&str] = &[
     "prefix",
     "upstream",
     "credentials",
