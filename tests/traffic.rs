@@ -440,3 +440,22 @@ burst = 5
         assert!(paths.contains(&want), "{want} missing from {errs:#?}");
     }
 }
+
+#[tokio::test]
+async fn throttling_stays_on_its_target_unless_fallback_on_throttle() {
+    for (on_throttle, primary_tries, fallback_tries) in [(false, 2, 0), (true, 1, 1)] {
+        let (primary, p_seen) = scripted(vec![throttled(), ok()]).await;
+        let (fallback, f_seen) = scripted(vec![ok()]).await;
+        let proxy = start_proxy(&format!(
+            "[[route]]\nupstream = \"http://{primary}/v1\"\ncredentials = \"test\"\nretry = {{ backoff = \"10ms\" }}\nfallback_on_throttle = {on_throttle}\n[[route.fallback]]\nupstream = \"http://{fallback}/v1\"\n{TEST_CREDENTIALS}"
+        ))
+        .await;
+        let (parts, _) = post_json(&proxy, "{}").await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(
+            (attempts(&p_seen).len(), attempts(&f_seen).len()),
+            (primary_tries, fallback_tries),
+            "fallback_on_throttle = {on_throttle}"
+        );
+    }
+}

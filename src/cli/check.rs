@@ -54,7 +54,12 @@ pub(super) async fn check(args: CheckArgs) -> u8 {
         .iter()
         .map(|r| {
             let auth = describe_auth(r, &config);
-            format!("  route {} -> {} ({auth})", r.prefix, r.upstream.url())
+            let mut line = format!("  route {} -> {} ({auth})", r.prefix, r.upstream.url());
+            for f in &r.fallbacks {
+                line.push_str(&format!(", then {}", f.upstream.url()));
+            }
+            line.push_str(&traffic_summary(r));
+            line
         })
         .collect();
     // Offline: the TLS settings are checked, nothing is fetched.
@@ -228,4 +233,19 @@ async fn probe_route(
         );
         true
     }
+}
+
+/// `; retries 3, rate 20/s, concurrency 16`: what the route's traffic keys say.
+fn traffic_summary(r: &crate::config::Route) -> String {
+    let mut parts = vec![match r.retry.attempts {
+        1 => "no retries".to_owned(),
+        n => format!("{n} attempts"),
+    }];
+    if let Some(rate) = r.pacing.rate {
+        parts.push(format!("rate {rate}/s (burst {})", r.pacing.burst));
+    }
+    if let Some(n) = r.pacing.concurrency {
+        parts.push(format!("concurrency {n}"));
+    }
+    format!("; {}", parts.join(", "))
 }

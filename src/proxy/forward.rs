@@ -125,7 +125,7 @@ impl Attempts<'_> {
         body: RequestBody,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (state, route, traffic) = (self.state, self.route, self.traffic);
+        let traffic = self.traffic;
         // Read as much of the body as must be read before the first attempt:
         // a waiting request then holds its connection and this, nothing more.
         let signs = traffic
@@ -133,104 +133,124 @@ impl Attempts<'_> {
             .iter()
             .any(|t| matches!(self.provider(t), Some(p) if p.signs()));
         let mut payload = inject::prepare(signs, &outgoing, body, &self.injection()).await?;
-        // The pacing gate: the route's rate and concurrency, first come first served.
-        let turn = traffic.pacer.admit().await.map_err(|limited| {
-            state
-                .metrics
-                .rate_limited
-                .get_or_create(&crate::metrics::RouteLabels {
-                    route: route.prefix.clone(),
-                })
-                .inc();
+        // The pacing gate, before any credential: a queued request is signed when it leaves.
+        exchange.hold(self.pace().await?);
+        let idempotent = super::resend::is_idempotent(&outgoing.method);
+        let (mut from, mut attempt) = (0, 1u32);
+        loop {
+            // The target: from `from` on, skipping the ejected ones.
+            let (i, turn) = traffic.pick(from, Instant::now());
+            let target = &traffic.targets[i];
+            exchange.attempted(&target.label);
+            // A fresh credential, the send (with its resends), 401 recovery.
+            let result = self
+                .attempt(target, i, &outgoing, &mut payload, turn)
+                .await?;
+            // What the answer says: the target's health, the route's pace, a retry.
+            let Some(reason) = self.verdict(i, &result, idempotent) else {
+                return done(result);
+            };
+            let Some((wait, next)) = self.again(reason, attempt, i, &result, &payload) else {
+                return done(result);
+            };
+            drop(result);
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+            from = next;
+        }
+    }
+
+    /// Waits for the route's rate and concurrency (counted and measured).
+    async fn pace(&self) -> Result<crate::traffic::pace::Turn, ProxyError> {
+        let (metrics, route) = (&self.state.metrics, &self.route.prefix);
+        let labels = crate::metrics::RouteLabels {
+            route: route.clone(),
+        };
+        let turn = self.traffic.pacer.admit().await.map_err(|limited| {
+            metrics.rate_limited.get_or_create(&labels).inc();
             ProxyError::RateLimited {
-                route: route.prefix.clone(),
+                route: route.clone(),
                 limit: limited.limit,
                 waited: limited.waited,
                 retry_after: limited.retry_after,
             }
         })?;
         if turn.paced {
-            state
-                .metrics
-                .queue
-                .get_or_create(&crate::metrics::RouteLabels {
-                    route: route.prefix.clone(),
-                })
-                .observe(turn.waited);
+            metrics.queue.get_or_create(&labels).observe(turn.waited);
         }
-        exchange.hold(turn);
-        let idempotent = super::resend::is_idempotent(&outgoing.method);
-        let mut from = 0;
-        let mut attempt = 1u32;
-        loop {
-            let (i, health_turn) = traffic.pick(from, Instant::now());
-            let target = &traffic.targets[i];
-            exchange.attempted(&target.label);
-            let result = self
-                .attempt(target, i, &outgoing, &mut payload, health_turn)
-                .await?;
-            let reason = match &result {
-                Ok((response, seen)) => {
-                    retry::classify(response.status(), seen.code.as_deref(), idempotent)
-                }
-                Err(failed) if failed.connect => Some(Reason::Connect),
-                Err(_) => None,
-            };
-            let target_failed = matches!(reason, Some(Reason::Connect | Reason::Gateway5xx));
-            let why = reason.map_or("", Reason::as_str);
-            traffic.outcome(
-                i,
-                target_failed,
-                Instant::now(),
-                &route.prefix,
-                &state.metrics,
-                why,
-            );
-            if reason == Some(Reason::Throttled)
-                && let Some(rate) = traffic.pacer.throttled(Instant::now())
-            {
-                tracing::warn!(route = %route.prefix, "the gateway throttled; the route slows down to {rate:.1} requests a second, and climbs back a tenth a second while not throttled");
+        Ok(turn)
+    }
+
+    /// Why the attempt on target `i` may be tried again, if it may; its
+    /// outcome goes to the target's health, and throttling slows the route.
+    fn verdict(&self, i: usize, result: &Attempt, idempotent: bool) -> Option<Reason> {
+        let reason = match result {
+            Ok((response, seen)) => {
+                retry::classify(response.status(), seen.code.as_deref(), idempotent)
             }
-            let Some(reason) = reason else {
-                return done(result);
-            };
-            let failover = reason.fails_over(route.fallback_on_throttle);
-            // A failover gives each target one try, whatever `attempts` says.
-            let tries_left = attempt < route.retry.attempts
-                || (failover && (attempt as usize) < traffic.targets.len());
-            if !tries_left || !payload.resendable() {
-                return done(result);
-            }
-            let wait = match &result {
-                Ok((response, _)) => retry::retry_after(response.headers(), SystemTime::now()),
-                Err(_) => None,
-            }
-            .unwrap_or_else(|| retry::backoff(&route.retry, attempt, retry::jitter()));
-            // A wait that would pass the deadline is not started.
-            if Instant::now() + wait >= self.deadline {
-                return done(result);
-            }
-            if !traffic.budget.withdraw(Instant::now()) {
-                tracing::warn!(route = %route.prefix, reason = why, "not retried: the route's retry budget is spent (20% of its requests over 10 s, plus 10 a second)");
-                return done(result);
-            }
-            state.metrics.retry(&route.prefix, reason.as_str());
-            let next = if failover { i + 1 } else { i };
-            tracing::info!(
-                route = %route.prefix,
-                reason = why,
-                attempt = attempt + 1,
-                of = route.retry.attempts,
-                upstream = %traffic.targets[next % traffic.targets.len()].label,
-                "trying again in {}: {}",
-                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
-                describe(&result)
-            );
-            drop(result);
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-            from = next;
+            Err(failed) if failed.connect => Some(Reason::Connect),
+            Err(_) => None,
+        };
+        let (route, metrics) = (&self.route.prefix, &self.state.metrics);
+        let target_failed = matches!(reason, Some(Reason::Connect | Reason::Gateway5xx));
+        let why = reason.map_or("", Reason::as_str);
+        self.traffic
+            .outcome(i, target_failed, Instant::now(), route, metrics, why);
+        if reason == Some(Reason::Throttled)
+            && let Some(rate) = self.traffic.pacer.throttled(Instant::now())
+        {
+            tracing::warn!(route = %route, "the gateway throttled; the route slows down to {rate:.1} requests a second, and climbs back a tenth a second while not throttled");
         }
+        reason
+    }
+
+    /// Whether attempt number `attempt` (on target `i`, failed for
+    /// `reason`) is followed by another, and after how long on which
+    /// target: not when no try is left, the body cannot be sent again, the
+    /// wait would pass the deadline or the retry budget is spent.
+    fn again(
+        &self,
+        reason: Reason,
+        attempt: u32,
+        i: usize,
+        result: &Attempt,
+        payload: &inject::Payload,
+    ) -> Option<(Duration, usize)> {
+        let (route, traffic) = (self.route, self.traffic);
+        let failover = reason.fails_over(route.fallback_on_throttle);
+        // A failover gives each target one try, whatever `attempts` says.
+        let tries_left = attempt < route.retry.attempts
+            || (failover && (attempt as usize) < traffic.targets.len());
+        if !tries_left || !payload.resendable() {
+            return None;
+        }
+        let wait = match result {
+            Ok((response, _)) => retry::retry_after(response.headers(), SystemTime::now()),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| retry::backoff(&route.retry, attempt, retry::jitter()));
+        // A wait that would pass the deadline is not started.
+        if Instant::now() + wait >= self.deadline {
+            return None;
+        }
+        let why = reason.as_str();
+        if !traffic.budget.withdraw(Instant::now()) {
+            tracing::warn!(route = %route.prefix, reason = why, "not retried: the route's retry budget is spent (20% of its requests over 10 s, plus 10 a second)");
+            return None;
+        }
+        self.state.metrics.retry(&route.prefix, why);
+        let next = if failover { i + 1 } else { i };
+        tracing::info!(
+            route = %route.prefix,
+            reason = why,
+            attempt = attempt + 1,
+            of = route.retry.attempts,
+            upstream = %traffic.targets[next % traffic.targets.len()].label,
+            "trying again in {}: {}",
+            humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+            describe(result)
+        );
+        Some((wait, next))
     }
 
     /// One attempt on `target`: a fresh credential, the send, 401 recovery.
