@@ -10,6 +10,7 @@ mod dev;
 mod env;
 mod probe;
 mod run;
+mod shutdown;
 mod sign;
 mod token;
 
@@ -81,6 +82,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// GET a URL and exit 0 on a 2xx answer (a health check for images without curl).
     Probe(probe::ProbeArgs),
+    /// Stop a running proxy as SIGTERM does: POST /quitquitquit on its admin listener.
+    Shutdown(shutdown::ShutdownArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
             Command::Token(args) => token::token(args).await,
             Command::Dev(args) => dev::dev(args).await,
             Command::Probe(args) => probe::probe(args).await,
+            Command::Shutdown(args) => shutdown::shutdown(args).await,
         }
     });
     ExitCode::from(code)

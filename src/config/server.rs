@@ -63,6 +63,7 @@ pub const KEYS: &[&str] = &[
     "clock_skew_correction",
     "unix_mode",
     "workers",
+    "quitquitquit",
 ];
 
 /// The file mode of a `unix:` listener's socket: owner and group.
@@ -129,6 +130,8 @@ pub struct Server {
     /// Worker threads, each a single-threaded runtime serving whole
     /// connections; `None`: one per CPU this process may use.
     pub workers: Option<usize>,
+    /// `POST /quitquitquit` on the admin listener starts the drain (DESIGN §13).
+    pub quitquitquit: bool,
 }
 
 impl Default for Server {
@@ -152,6 +155,7 @@ impl Default for Server {
             clock_skew_correction: true,
             unix_mode: DEFAULT_UNIX_MODE,
             workers: None,
+            quitquitquit: false,
         }
     }
 }
@@ -238,6 +242,8 @@ pub(super) fn server(report: &mut Report, s: &Section<'_>, sources: &dyn Sources
         workers: s
             .integer(report, "workers", 1, MAX_WORKERS as i64)
             .map(|n| n as usize),
+        // Off by default: whoever reaches the admin port could stop the proxy.
+        quitquitquit: s.bool(report, "quitquitquit").unwrap_or(false),
     };
     if server.allow_remote && server.allow_clients.is_none() && server.require_header.is_none() {
         report.warn(

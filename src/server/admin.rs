@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (ready for traffic;
-//! 503 while draining or until every expiring credential is fetched) and
-//! `/metrics` (Prometheus text). It holds no credentials.
+//! 503 while draining or until every expiring credential is fetched),
+//! `/metrics` (Prometheus text), and with `[server] quitquitquit = true`,
+//! `POST /quitquitquit` (the drain SIGTERM starts, for a Job's main
+//! container to stop its sidecar). It holds no credentials.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{ProxyBody, full};
 use crate::state::Shared;
@@ -27,7 +29,12 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed `accept`, wait this long before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, draining: Arc<AtomicBool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    draining: Arc<AtomicBool>,
+    quit: Arc<Notify>,
+) {
     let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -37,10 +44,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, draining: Arc<Ato
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
-        let (shared, draining) = (shared.clone(), draining.clone());
+        let (shared, draining, quit) = (shared.clone(), draining.clone(), quit.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let resp = response(req.uri().path(), &shared, draining.load(Ordering::Acquire));
+                let draining = draining.load(Ordering::Acquire);
+                let resp = match req.uri().path() {
+                    "/quitquitquit" => quitquitquit(req.method(), &shared, draining, &quit),
+                    path => response(path, &shared, draining),
+                };
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -51,6 +62,44 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, draining: Arc<Ato
             drop(slot);
         });
     }
+}
+
+/// `POST /quitquitquit`: starts the drain (once; later calls say it is under
+/// way). Anything but POST does nothing; off, the path does not exist.
+fn quitquitquit(
+    method: &Method,
+    shared: &Shared,
+    draining: bool,
+    quit: &Notify,
+) -> Response<ProxyBody> {
+    let (status, text) = if !shared.state.load().config.server.quitquitquit {
+        (
+            StatusCode::NOT_FOUND,
+            "not found: /quitquitquit is off ([server] quitquitquit = true turns it on)\n",
+        )
+    } else if method != Method::POST {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /quitquitquit stops the proxy (as SIGTERM does); nothing was done\n",
+        )
+    } else if draining {
+        (StatusCode::OK, "already stopping\n")
+    } else {
+        tracing::info!("POST /quitquitquit received");
+        quit.notify_one();
+        (StatusCode::OK, "stopping: draining as on SIGTERM\n")
+    };
+    let mut resp = Response::new(full(text));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    }
+    resp
 }
 
 fn response(path: &str, shared: &Shared, draining: bool) -> Response<ProxyBody> {

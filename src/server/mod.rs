@@ -138,11 +138,21 @@ impl Daemon {
             .into_iter()
             .map(|l| tokio::spawn(accept_loop(l, guard.clone(), workers.clone())))
             .collect();
-        let admin = self
-            .admin
-            .map(|l| tokio::spawn(admin::serve(l, self.shared.clone(), draining.clone())));
+        let quit = Arc::new(tokio::sync::Notify::new());
+        let admin = self.admin.map(|l| {
+            tokio::spawn(admin::serve(
+                l,
+                self.shared.clone(),
+                draining.clone(),
+                quit.clone(),
+            ))
+        });
 
-        signals.next().await;
+        // The first stop: a signal, or POST /quitquitquit on the admin listener.
+        tokio::select! {
+            () = signals.next() => {}
+            () = quit.notified() => {}
+        }
         draining.store(true, Ordering::Release);
         let server = self.shared.state.load().config.server.clone();
         let cut = if server.shutdown_delay.is_zero() {
