@@ -334,3 +334,57 @@ async fn a_reload_closes_the_breaker() {
     assert!(modelarts_proxy::cli::reload(&proxy.shared, &config));
     assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }
+
+/// A gateway behind something that rewrites the path (`/v1/` to `/v2/`),
+/// answering with APIG's 401 and its own canonical request.
+#[tokio::test]
+async fn a_rejected_signature_is_explained_by_what_differs() {
+    let up = upstream(|req| async move {
+        let (parts, body) = req.into_parts();
+        let bytes = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+        let rewritten: http::Uri = parts.uri.path().replace("/v1/", "/v2/").parse().unwrap();
+        let verdict = modelarts_proxy::signer::verify::verify(
+            &parts.method,
+            &rewritten,
+            &parts.headers,
+            &bytes,
+            |_| Some(key()),
+            chrono::Utc::now(),
+            chrono::Duration::minutes(15),
+        );
+        match verdict {
+            Err(modelarts_proxy::signer::verify::VerifyError::SignatureMismatch {
+                canonical_request,
+                ..
+            }) => {
+                let body = serde_json::json!({
+                    "error_code": "APIG.0301",
+                    "error_msg": format!("Incorrect IAM authentication information: verify aksk signature fail, canonicalRequest:{}", canonical_request.replace('\n', "|")),
+                    "request_id": "gw-1",
+                });
+                text_response(401, &body.to_string())
+            }
+            other => text_response(500, &format!("{other:?}")),
+        }
+    })
+    .await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{up}/v1/infers/svc\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}"
+    ))
+    .await;
+    let (parts, answer) = send(
+        request("POST", &proxy.url("/predict"))
+            .header("content-type", "application/json")
+            .body(body("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 401, "{}", String::from_utf8_lossy(&answer));
+    let hint = parts.headers["x-modelarts-proxy-hint"].to_str().unwrap();
+    assert!(
+        hint.contains(
+            "the gateway saw a different path: the proxy signed \"/v1/infers/svc/predict/\", the gateway computed \"/v2/infers/svc/predict/\""
+        ),
+        "{hint}"
+    );
+}

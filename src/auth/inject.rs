@@ -35,6 +35,7 @@ use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayError;
 use crate::headers::name::X_AUTH_TOKEN;
 use crate::metrics::{CredentialLabels, Metrics};
+use crate::signer::CanonicalRequest;
 
 /// Bodies up to this size are kept in memory (within the buffer budget) so
 /// that the request can be sent again: once with a renewed token after a
@@ -91,6 +92,9 @@ pub struct Recovery {
     pass: Option<Pass>,
     /// The request as sent, when its body is held whole.
     replay: Option<Box<Replay>>,
+    /// The canonical request an AK/SK signature covers, to explain a
+    /// gateway's rejection (DESIGN §13).
+    signed: Option<CanonicalRequest>,
 }
 
 enum Used {
@@ -259,12 +263,13 @@ pub async fn inject(
         kind: Used::Nothing,
         pass: None,
         replay: None,
+        signed: None,
     };
     match provider {
         None => {}
         Some(Provider::AkSk { keys, breaker }) => {
             recovery.pass = Some(admit(breaker, cx)?);
-            sign_aksk(&mut out, payload, &keys.current(), cx)?;
+            recovery.signed = Some(sign_aksk(&mut out, payload, &keys.current(), cx)?);
         }
         Some(Provider::Metadata {
             creds,
@@ -273,7 +278,7 @@ pub async fn inject(
         }) => {
             recovery.pass = Some(admit(breaker, cx)?);
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
-            sign_aksk(&mut out, payload, &used.value, cx)?;
+            recovery.signed = Some(sign_aksk(&mut out, payload, &used.value, cx)?);
             recovery.kind = Used::TemporaryKey {
                 creds: creds.clone(),
                 used,
@@ -308,7 +313,7 @@ fn sign_aksk(
     payload: &Payload,
     creds: &AkSkCredentials,
     cx: &Injection<'_>,
-) -> Result<(), ProxyError> {
+) -> Result<CanonicalRequest, ProxyError> {
     let content_type =
         aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
     let unsigned = aksk::is_unsigned(cx.route.payload, content_type);
@@ -340,7 +345,7 @@ fn sign_aksk(
         &route_headers,
         cx.now,
     )
-    .map(drop)
+    .map(|signed| signed.canonical_request)
     .map_err(decorate_error)
 }
 
@@ -389,6 +394,11 @@ impl Recovery {
     /// The request as it was sent, when it can be sent again.
     pub fn replay(&self) -> Option<&Replay> {
         self.replay.as_deref()
+    }
+
+    /// The canonical request the AK/SK signature covers.
+    pub fn signed(&self) -> Option<&str> {
+        self.signed.as_ref().map(CanonicalRequest::as_str)
     }
 
     /// Answers the upstream's `status`. On a 401 the credential is renewed

@@ -34,6 +34,8 @@ pub struct HintContext<'a> {
     pub upstream: &'a str,
     /// The gateway's clock minus ours, in seconds, when measured.
     pub skew_seconds: Option<i64>,
+    /// The canonical request the proxy signed, for an AK/SK request.
+    pub signed: Option<&'a str>,
 }
 
 impl HintContext<'_> {
@@ -167,7 +169,10 @@ pub fn hint(err: &GatewayError, status: u16, cx: &HintContext<'_>) -> Option<Str
         "0204" => "the gateway refused the TLS version; the proxy offers TLS 1.2 and 1.3, so \
                    check any TLS-intercepting proxy in between"
             .to_owned(),
-        "0301" => iam_hint(&msg, &creds, cx),
+        "0301" => match mismatch(err, cx) {
+            Some(diff) => format!("the gateway rejected the AK/SK signature of {creds}: {diff}"),
+            None => iam_hint(&msg, &creds, cx),
+        },
         "0302" => format!(
             "the IAM user of {creds} may not call this API: check the API's access control \
              (blacklist/whitelist) policies and the user's permissions"
@@ -208,6 +213,14 @@ pub fn hint(err: &GatewayError, status: u16, cx: &HintContext<'_>) -> Option<Str
         _ => return None,
     };
     Some(line)
+}
+
+/// What differs between the request the proxy signed and the one the
+/// gateway checked, when its message carries its canonical request.
+fn mismatch(err: &GatewayError, cx: &HintContext<'_>) -> Option<String> {
+    let ours = cx.signed?;
+    let theirs = super::mismatch::gateways_canonical_request(&err.message)?;
+    super::mismatch::explain(ours, theirs)
 }
 
 /// `APIG.0301`: the token or AK/SK was rejected.

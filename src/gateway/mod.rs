@@ -5,6 +5,7 @@
 //! of a signature-expired error.
 
 pub mod codes;
+pub mod mismatch;
 
 use std::time::Duration;
 

@@ -292,7 +292,10 @@ impl Attempts<'_> {
             provider,
             body: self.progress,
         };
-        let (response, seen) = match once.send(request, recovery.replay()).await {
+        let sent = once
+            .send(request, recovery.replay(), recovery.signed())
+            .await;
+        let (response, seen) = match sent {
             Ok(answer) => answer,
             Err(failed) => return Ok(Err(failed)),
         };
@@ -301,7 +304,7 @@ impl Attempts<'_> {
                 .after(response.status(), seen.error.as_ref(), &cx)
                 .await
             {
-                Some(again) => once.send(again.request(), Some(&again)).await,
+                Some(again) => once.send(again.request(), Some(&again), None).await,
                 None => Ok((response, seen)),
             },
         )

@@ -59,6 +59,7 @@ impl Once<'_> {
         &self,
         req: Request<ProxyBody>,
         replay: Option<&Replay>,
+        signed: Option<&str>,
     ) -> Result<(Response<ProxyBody>, Seen), Failed> {
         let (state, route, target) = (self.state, self.route, self.target);
         let response = self.send_until_processed(req, replay).await?;
@@ -74,6 +75,7 @@ impl Once<'_> {
                 kind: self.provider.map_or(Kind::None, Provider::kind),
                 upstream: &target.upstream.url(),
                 skew_seconds: seen_skew(state, err, received),
+                signed,
             };
             codes::hint(err, status, &cx)
         })

@@ -16,6 +16,7 @@ fn cx(kind: Kind) -> HintContext<'static> {
         kind,
         upstream: "https://x.apig.example.com/v1/infers/svc",
         skew_seconds: None,
+        signed: None,
     }
 }
 
