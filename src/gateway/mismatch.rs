@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn each_kind_of_difference_is_named_with_both_values() {
-        let cases: [(&dyn Fn(&str) -> String, &str); 7] = [
+        type Change<'a> = &'a dyn Fn(&str) -> String;
+        let cases: [(Change<'_>, &str); 7] = [
             (
                 &|s| s.replacen("POST", "GET", 1),
                 "different method: the proxy signed \"POST\", the gateway computed \"GET\"",
