@@ -119,5 +119,37 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, access_log, metrics);
+/// Reading `usage` from a streamed LLM answer: 200 content events of
+/// ~150 bytes and a last one with the usage, fed in the chunks they came
+/// in, against the same chunks only counted (what every body costs).
+fn usage(c: &mut Criterion) {
+    let mut events: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("data: {{\"id\":\"c1\",\"model\":\"qwen3-32b\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token number {i} of the answer\"}}}}]}}\n\n").into_bytes())
+        .collect();
+    events.push(b"data: {\"id\":\"c1\",\"model\":\"qwen3-32b\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":200}}\n\ndata: [DONE]\n\n".to_vec());
+    let mut g = c.benchmark_group("usage");
+    g.bench_function("sse_201_events_scanned", |b| {
+        b.iter(|| {
+            let mut s =
+                modelarts_proxy::usage::Scanner::for_content_type(Some("text/event-stream"))
+                    .unwrap();
+            for e in &events {
+                s.feed(std::hint::black_box(e));
+            }
+            assert_eq!(s.finish().unwrap().completion_tokens, 200);
+        })
+    });
+    g.bench_function("sse_201_events_counted_only", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for e in &events {
+                n += std::hint::black_box(e).len() as u64;
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, access_log, metrics, usage);
 criterion_main!(benches);

@@ -255,6 +255,29 @@ impl Buffered {
         self.sha256.as_deref()
     }
 
+    /// The bytes, joined (for a look at a small body).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.chunks.as_slice() {
+            [one] => one.clone(),
+            chunks => Bytes::from(chunks.concat()),
+        }
+    }
+
+    /// The same body rewritten to `bytes` (hashed again if it was hashed),
+    /// holding the same budget reservation (a rewrite adds a few bytes).
+    pub fn rewritten(self, bytes: Bytes) -> Buffered {
+        let sha256 = self
+            .sha256
+            .as_ref()
+            .map(|_| hex::encode(Sha256::digest(&bytes)));
+        Buffered {
+            len: bytes.len() as u64,
+            chunks: vec![bytes],
+            sha256,
+            _reservation: self._reservation,
+        }
+    }
+
     /// A body that sends these bytes; the memory (and its budget) is kept
     /// until every such body and the `Arc` itself are dropped.
     pub fn body(self: &Arc<Self>) -> ProxyBody {

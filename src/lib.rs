@@ -32,4 +32,5 @@ pub mod server;
 pub mod signer;
 pub mod state;
 pub mod traffic;
+pub mod usage;
 pub mod worker;

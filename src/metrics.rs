@@ -93,6 +93,15 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub route: String,
+    /// The answer's `model`, or `unknown`.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub route: String,
     /// The target's `scheme://authority`.
@@ -140,6 +149,7 @@ pub struct Metrics {
     pub rate_limited: Family<RouteLabels, Counter>,
     pub queue: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_up: Family<TargetLabels, Gauge>,
+    pub model_tokens: Family<ModelLabels, Counter>,
 }
 
 /// 1 ms .. ~16 s: a queue wait is bounded by queue_timeout (10 s by default).
@@ -229,6 +239,7 @@ impl Metrics {
             rate_limited = "rate_limited", "Requests answered 429 rate_limited: no turn within queue_timeout", Family::default();
             queue = "queue_seconds", "Time requests waited for their route's rate or concurrency", Family::new_with_constructor(queue_buckets as fn() -> _);
             upstream_up = "upstream_up", "1 while a route's target is in rotation, 0 while it is ejected", Family::default();
+            model_tokens = "model_tokens", "Tokens the answers of OpenAI-compatible services reported in their usage, by route, model and kind (prompt, completion)", Family::default();
         };
         metrics
             .build_info
@@ -311,6 +322,23 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// The tokens an answer reported.
+    pub fn model_tokens(&self, route: &str, usage: &crate::usage::Usage) {
+        let model = usage.model.clone().unwrap_or_else(|| "unknown".to_owned());
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            self.model_tokens
+                .get_or_create(&ModelLabels {
+                    route: route.to_owned(),
+                    model: model.clone(),
+                    kind,
+                })
+                .inc_by(n);
+        }
     }
 
     /// Whether a route's target is in rotation.

@@ -225,6 +225,49 @@ impl Payload {
 /// with the empty-string hash, SPEC quirk 6); and a small body is kept.
 pub async fn prepare(
     signs: bool,
+    out: &mut Outgoing,
+    body: RequestBody,
+    cx: &Injection<'_>,
+) -> Result<Payload, ProxyError> {
+    let payload = read(signs, out, body, cx).await?;
+    Ok(match payload {
+        Payload::Kept(Some(b)) if cx.route.stream_usage => stream_usage(out, b),
+        other => other,
+    })
+}
+
+/// `stream_usage`: a streaming JSON request asks for its usage; its new
+/// length goes in `Content-Length` (and into the signature, made after).
+fn stream_usage(out: &mut Outgoing, body: Arc<Buffered>) -> Payload {
+    let json = out
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let Some(rewritten) = json
+        .then(|| crate::usage::stream_options::include_usage(&body.to_bytes()))
+        .flatten()
+    else {
+        return Payload::Kept(Some(body));
+    };
+    let owned = match Arc::try_unwrap(body) {
+        Ok(owned) => owned,
+        Err(shared) => return Payload::Kept(Some(shared)),
+    };
+    out.content_length = Some(rewritten.len() as u64);
+    out.headers.insert(
+        header::CONTENT_LENGTH,
+        http::HeaderValue::from(rewritten.len()),
+    );
+    Payload::Kept(Some(Arc::new(owned.rewritten(Bytes::from(rewritten)))))
+}
+
+async fn read(
+    signs: bool,
     out: &Outgoing,
     body: RequestBody,
     cx: &Injection<'_>,

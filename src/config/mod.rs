@@ -102,6 +102,8 @@ pub struct Route {
     pub fallbacks: Vec<Fallback>,
     /// Throttling moves to the next target too, for another region's quota.
     pub fallback_on_throttle: bool,
+    /// A streaming JSON request asks for its usage (DESIGN §13).
+    pub stream_usage: bool,
 }
 
 /// A `[credentials.NAME]` table, validated. Static secrets are resolved
@@ -270,6 +272,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "queue_timeout",
     "fallback",
     "fallback_on_throttle",
+    "stream_usage",
 ];
 const AKSK_KEYS: &[&str] = &[
     "type",
@@ -569,6 +572,7 @@ fn route(
     let pacing = traffic::pacing(report, s);
     let fallbacks = traffic::fallbacks(report, s, credential_names);
     let fallback_on_throttle = s.bool(report, "fallback_on_throttle").unwrap_or(false);
+    let stream_usage = s.bool(report, "stream_usage").unwrap_or(false);
     let match_prefix = prefix.trim_end_matches('/').to_owned();
     Some(Route {
         prefix: prefix.to_owned(),
@@ -583,6 +587,7 @@ fn route(
         pacing,
         fallbacks,
         fallback_on_throttle,
+        stream_usage,
     })
 }
 

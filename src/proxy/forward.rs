@@ -121,7 +121,7 @@ impl Attempts<'_> {
 
     async fn run(
         &self,
-        outgoing: Outgoing,
+        mut outgoing: Outgoing,
         body: RequestBody,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -132,7 +132,7 @@ impl Attempts<'_> {
             .targets
             .iter()
             .any(|t| matches!(self.provider(t), Some(p) if p.signs()));
-        let mut payload = inject::prepare(signs, &outgoing, body, &self.injection()).await?;
+        let mut payload = inject::prepare(signs, &mut outgoing, body, &self.injection()).await?;
         // The pacing gate, before any credential: a queued request is signed when it leaves.
         exchange.hold(self.pace().await?);
         let idempotent = super::resend::is_idempotent(&outgoing.method);

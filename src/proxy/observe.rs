@@ -19,6 +19,7 @@ use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayRequestId;
 use crate::metrics::{Done, Metrics, RouteMetrics};
 use crate::request_id::X_REQUEST_ID;
+use crate::usage::Scanner;
 
 /// How a response body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +76,8 @@ pub struct Exchange {
     /// The request's pacing turn: its concurrency slot is held until the
     /// response body ends.
     turn: Option<crate::traffic::pace::Turn>,
+    /// Reads the model's usage from a JSON or event-stream answer.
+    usage: Option<Scanner>,
     finished: bool,
 }
 
@@ -106,6 +109,7 @@ impl Exchange {
             attempts: 0,
             upstream: None,
             turn: None,
+            usage: None,
             finished: false,
         }
     }
@@ -184,6 +188,10 @@ impl Exchange {
             self.gateway_request_id.get_or_insert(id);
         }
         self.status = response.status().as_u16();
+        if self.error.is_none() {
+            let content_type = response.headers().get(http::header::CONTENT_TYPE);
+            self.usage = Scanner::for_content_type(content_type.and_then(|v| v.to_str().ok()));
+        }
         let expected = framed_length(&self.method, &response);
         let (parts, body) = response.into_parts();
         let body = ResponseBody {
@@ -217,6 +225,11 @@ impl Exchange {
         );
         self.conn.request_finished();
         self.turn = None;
+        let usage = self.usage.take().and_then(Scanner::finish);
+        if let Some(u) = &usage {
+            self.metrics.model_tokens(self.route_name(), u);
+        }
+        let usage = usage.unwrap_or_default();
         let peer = self.conn.peer().map(|p| p.to_string());
         tracing::info!(
             target: "modelarts_proxy::access",
@@ -231,6 +244,9 @@ impl Exchange {
             bytes_in,
             bytes_out = self.bytes_out,
             attempts = self.attempts,
+            model = usage.model.as_deref().unwrap_or(""),
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
             upstream = self.upstream.as_deref().unwrap_or(""),
             head_ms = self.head_after.as_millis() as u64,
             total_ms = total.as_millis() as u64,
@@ -306,6 +322,9 @@ impl Body for ResponseBody {
                 this.idle.reset();
                 if let Some(data) = frame.data_ref() {
                     this.exchange.bytes_out += data.len() as u64;
+                    if let Some(scanner) = &mut this.exchange.usage {
+                        scanner.feed(data);
+                    }
                     this.framed_end |= this.expected == Some(this.exchange.bytes_out);
                 } else if frame.is_trailers() {
                     // Trailers are the last frame of a body.
