@@ -1,4 +1,4 @@
-# modelarts-proxy: a release build on a distroless runtime image.
+# modelarts-proxy: a `dist` build (fat LTO) on a distroless runtime image.
 #
 #   docker build -t modelarts-proxy .          # or: podman build -t modelarts-proxy .
 #
@@ -19,11 +19,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin modelarts-proxy
+# The `dist` profile: whole-program LTO, what ships (Cargo.toml says why).
+RUN cargo build --profile dist --locked --bin modelarts-proxy
 
 # distroless/cc has glibc and CA certificates, and no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/modelarts-proxy /usr/local/bin/modelarts-proxy
+COPY --from=build /src/target/dist/modelarts-proxy /usr/local/bin/modelarts-proxy
 # Numeric, so Kubernetes can check runAsNonRoot (distroless's nonroot is 65532).
 USER 65532:65532
 # Without -c, `run` reads MODELARTS_PROXY_UPSTREAM and the credential variables;

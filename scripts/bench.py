@@ -2,7 +2,7 @@
 """Side-by-side load benchmark: modelarts-proxy against nginx and against
 the upstream direct, on one machine, in one run, with one load generator
 (wrk), over alternated rounds. Run it through scripts/bench.sh (installs
-nginx and wrk, builds the release binaries).
+nginx and wrk, builds the `dist` binaries: the profile that ships).
 
   scripts/bench.sh                         # every scenario, 5 rounds of 5 s
   scripts/bench.sh --rounds 7 --duration 5 --only tls-h1,tls-h2
@@ -311,7 +311,7 @@ def start_everything(args, work, procs):
     procs.start([nginx, "-c", gw, "-e", os.path.join(work, "gw", "error.log")],
                 os.path.join(work, "gw.out"))
     iam = procs.start(
-        [os.path.join(ROOT, "target/release/examples/stand_in"), "--listen",
+        [os.path.join(ROOT, "target/dist/examples/stand_in"), "--listen",
          f"127.0.0.1:{ports['iam']}", "--token-lifetime", "24h"],
         os.path.join(work, "iam.out"),
         env={"STAND_IN_AK": AK, "STAND_IN_SK": SK, "STAND_IN_PASSWORD": IAM_PASSWORD},
@@ -393,7 +393,7 @@ secret_key = {{ env = "BENCH_SK" }}
         "BENCH_SK": SK,
         "RUST_LOG": "warn" if args.quiet_logs else "info",
     }
-    binary = args.binary or os.path.join(ROOT, "target/release/modelarts-proxy")
+    binary = args.binary or os.path.join(ROOT, "target/dist/modelarts-proxy")
     proxies = {}
     for name, port, http2 in (("proxy", ports["proxy"], "auto"), ("proxy_h1", ports["proxy_h1"], "http1")):
         cfg = os.path.join(work, f"{name}.toml")
