@@ -150,7 +150,27 @@ pub struct Metrics {
     pub queue: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_up: Family<TargetLabels, Gauge>,
     pub model_tokens: Family<ModelLabels, Counter>,
+    /// The last gateway errors, for the status page.
+    pub recent_gateway_errors: std::sync::Mutex<std::collections::VecDeque<GatewayErrorSeen>>,
 }
+
+/// A gateway error as the status page lists it (nothing secret: the
+/// gateway's code, message and hint, and the two request ids).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GatewayErrorSeen {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub route: String,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub hint: String,
+    pub request_id: String,
+    pub gateway_request_id: String,
+}
+
+/// How many gateway errors the status page keeps (DESIGN §13).
+pub const RECENT_GATEWAY_ERRORS: usize = 20;
 
 /// 1 ms .. ~16 s: a queue wait is bounded by queue_timeout (10 s by default).
 fn queue_buckets() -> Histogram {
@@ -184,6 +204,7 @@ macro_rules! registered {
         Metrics {
             $($field: $r.add($name, $help, $metric),)*
             registry: Registry::default(),
+            recent_gateway_errors: std::sync::Mutex::default(),
         }
     };
 }
@@ -363,6 +384,18 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+
+    /// Keeps `seen` among the last [`RECENT_GATEWAY_ERRORS`] gateway errors.
+    pub fn remember_gateway_error(&self, seen: GatewayErrorSeen) {
+        let mut recent = self
+            .recent_gateway_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_GATEWAY_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(seen);
     }
 
     /// A client connection closed for `reason`.

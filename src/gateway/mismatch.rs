@@ -29,6 +29,42 @@ fn shown<'a>(name: &str, value: &'a str) -> &'a str {
     }
 }
 
+/// `message` with the values of credential headers in a canonical request
+/// it quotes replaced (`x-security-token:** redacted **`): a gateway may
+/// echo them, and the message goes to logs and the status page.
+pub fn redact(message: &str) -> std::borrow::Cow<'_, str> {
+    let lower = message.to_ascii_lowercase();
+    if !crate::headers::CREDENTIAL_HEADERS
+        .iter()
+        .any(|h| lower.contains(&format!("{h}:")))
+    {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while !rest.is_empty() {
+        let cut = rest.find(['|', '\n']).map_or(rest.len(), |i| i + 1);
+        let (line, tail) = rest.split_at(cut);
+        let name = line.split(':').next().unwrap_or("");
+        let bare = name.rsplit([',', ' ']).next().unwrap_or(name);
+        match crate::headers::CREDENTIAL_HEADERS
+            .iter()
+            .find(|h| bare.eq_ignore_ascii_case(h))
+        {
+            Some(_) => {
+                out.push_str(name);
+                out.push_str(":** redacted **");
+                if line.ends_with(['|', '\n']) {
+                    out.push_str(&line[line.len() - 1..]);
+                }
+            }
+            None => out.push_str(line),
+        }
+        rest = tail;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Splits a canonical request: `METHOD`, `URI`, `QUERY`, the header lines
 /// up to an empty line, the signed-header list, the payload hash.
 fn parse(text: &str, separator: char) -> Option<Parts<'_>> {
@@ -191,6 +227,18 @@ mod tests {
         let got = explain(&ours, &theirs).unwrap();
         assert!(got.contains("header x-security-token differs"), "{got}");
         assert!(!got.contains("ST-secret"), "{got}");
+    }
+
+    #[test]
+    fn a_quoted_security_token_is_redacted_from_the_message() {
+        let msg = "verify aksk signature fail, canonicalRequest:GET|/x/||host:h|x-security-token:ST-secret|x-sdk-date:1||host;x-security-token;x-sdk-date|e3b0";
+        let red = redact(msg);
+        assert!(!red.contains("ST-secret"), "{red}");
+        assert!(
+            red.contains("x-security-token:** redacted **|x-sdk-date:1"),
+            "{red}"
+        );
+        assert_eq!(redact("plain message"), "plain message");
     }
 
     #[test]

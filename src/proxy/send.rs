@@ -62,6 +62,7 @@ impl Once<'_> {
         signed: Option<&str>,
     ) -> Result<(Response<ProxyBody>, Seen), Failed> {
         let (state, route, target) = (self.state, self.route, self.target);
+        let request_id = req.headers().get(crate::request_id::X_REQUEST_ID).cloned();
         let response = self.send_until_processed(req, replay).await?;
         let received = (state.local_clock())();
         let source = target.upstream.authority.as_str();
@@ -87,6 +88,20 @@ impl Once<'_> {
         if let Some(err) = &seen.error {
             state.metrics.gateway_error(&err.code);
             let hint = response.headers().get(gateway::HINT_HEADER);
+            let text =
+                |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            state
+                .metrics
+                .remember_gateway_error(crate::metrics::GatewayErrorSeen {
+                    at: received.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    route: route.prefix.clone(),
+                    status: response.status().as_u16(),
+                    code: err.code.clone(),
+                    message: gateway::mismatch::redact(&err.message).into_owned(),
+                    hint: text(hint),
+                    request_id: text(request_id.as_ref()),
+                    gateway_request_id: err.request_id.clone().unwrap_or_default(),
+                });
             tracing::warn!(
                 route = %route.prefix,
                 status = response.status().as_u16(),
@@ -94,7 +109,7 @@ impl Once<'_> {
                 gateway_request_id = err.request_id.as_deref().unwrap_or(""),
                 hint = hint.and_then(|h| h.to_str().ok()).unwrap_or(""),
                 "API Gateway error: {}",
-                err.message
+                gateway::mismatch::redact(&err.message)
             );
         }
         Ok((response, seen))

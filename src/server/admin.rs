@@ -124,10 +124,33 @@ fn response(path: &str, shared: &Shared, draining: bool) -> Response<ProxyBody> 
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(shared.metrics.encode()),
         ),
+        "/status.json" => (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(super::status::json(shared, draining).to_string()),
+        ),
+        "/" => {
+            let page = super::status::html(&super::status::json(shared, draining));
+            let mut resp = Response::new(full(page));
+            let headers = resp.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(super::status::CSP),
+            );
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                header::HeaderValue::from_static("nosniff"),
+            );
+            return resp;
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"not found: try /healthz, /readyz or /metrics\n"),
+            Bytes::from_static(b"not found: try /, /status.json, /healthz, /readyz or /metrics\n"),
         ),
     };
     let mut resp = Response::new(full(body));

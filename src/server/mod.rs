@@ -8,6 +8,7 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod signals;
+pub mod status;
 pub mod workers;
 
 use std::net::SocketAddr;
