@@ -238,7 +238,7 @@ fn print_banner(daemon: &Daemon, service: SocketAddr, upstream: &str, demo: &Dem
          \x20   /        -> the service, signed with the demo AK/SK {}\n\
          \x20   /token   -> the service, with an IAM token (refreshed before it expires)\n\
          \x20   /apikey  -> the service, with an X-Apig-AppCode\n\
-         \n  admin:                      http://{admin}  (/healthz /readyz /metrics)\n\
+         \n  admin:                      http://{admin}  (status page at /, /status.json /healthz /readyz /metrics)\n\
          \ntry:\n  curl -s http://{proxy}/ -H 'Content-Type: application/json' -d '{{\"prompt\":\"hello\"}}'\n\
          \x20 curl -s http://{proxy}/token -d 'any body'\n\
          \x20 curl -s http://{proxy}/apikey\n\

@@ -186,7 +186,9 @@ fn log_startup(daemon: &Daemon) {
         tracing::info!("listening on {listening}");
     }
     if let Some(addr) = daemon.admin_addr() {
-        tracing::info!("admin endpoints on http://{addr} (/healthz /readyz /metrics)");
+        tracing::info!(
+            "admin endpoints on http://{addr} (the status page at /, /status.json /healthz /readyz /metrics)"
+        );
     }
     for route in &state.config.routes {
         let auth = describe_auth(route, &state.config);

@@ -233,16 +233,33 @@ pub fn html(status: &Value) -> String {
                 )
             })
             .collect();
+        let mut pacing = Vec::new();
+        if !r["rate_per_second"].is_null() {
+            pacing.push(format!("rate {}/s", show(&r["rate_per_second"])));
+        }
+        if let Some(now) = r["current_rate_per_second"].as_f64()
+            && r["rate_per_second"].as_f64() != Some(now)
+        {
+            pacing.push(format!("<span class=\"bad\">slowed to {now:.1}/s</span>"));
+        }
+        if !r["concurrency"].is_null() {
+            pacing.push(format!("concurrency {}", show(&r["concurrency"])));
+        }
+        let pacing = if pacing.is_empty() {
+            "<span class=\"muted\">not paced</span>".to_owned()
+        } else {
+            format!(
+                "{}, queue {} s",
+                pacing.join(", "),
+                show(&r["queue_timeout_seconds"])
+            )
+        };
         let _ = write!(
             p,
-            "<tr><td>{}</td><td>{}</td><td>{} attempts</td><td>rate {} (now {}), concurrency {}, queue {} s</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{} attempts</td><td>{pacing}</td></tr>",
             show(&r["prefix"]),
             targets.join("<br>"),
             show(&r["retry_attempts"]),
-            show(&r["rate_per_second"]),
-            show(&r["current_rate_per_second"]),
-            show(&r["concurrency"]),
-            show(&r["queue_timeout_seconds"]),
         );
     }
     p.push_str("</table><h2>Credentials</h2><table id=\"credentials\"><tr><th>name</th><th>kind</th><th>source</th><th>state</th><th>AK</th><th>expires in</th><th>last error</th><th>breaker</th></tr>");
