@@ -12,22 +12,6 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelarts-proxy");
 
-/// An upstream that holds each request until `release` says go.
-async fn held_upstream(
-    arrived: Arc<AtomicUsize>,
-    release: tokio::sync::watch::Receiver<bool>,
-) -> std::net::SocketAddr {
-    upstream(move |_req| {
-        arrived.fetch_add(1, Ordering::SeqCst);
-        let mut release = release.clone();
-        async move {
-            let _ = release.wait_for(|go| *go).await;
-            text_response(200, "done")
-        }
-    })
-    .await
-}
-
 async fn admin(proxy: &Proxy, method: &str, path: &str) -> (u16, String) {
     let url = format!("http://{}{path}", proxy.admin.unwrap());
     let (parts, body) = send(request(method, &url).body(body("")).unwrap()).await;

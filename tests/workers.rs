@@ -48,22 +48,6 @@ async fn concurrent_keep_alive_clients_on_two_workers_are_all_signed_and_served(
     );
 }
 
-/// An upstream that holds each request until `release` says go.
-async fn held_upstream(
-    arrived: Arc<AtomicUsize>,
-    release: tokio::sync::watch::Receiver<bool>,
-) -> std::net::SocketAddr {
-    upstream(move |_req| {
-        arrived.fetch_add(1, Ordering::SeqCst);
-        let mut release = release.clone();
-        async move {
-            let _ = release.wait_for(|go| *go).await;
-            text_response(200, "done")
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_drain_lets_requests_in_flight_on_every_worker_finish() {
     let arrived = Arc::new(AtomicUsize::new(0));

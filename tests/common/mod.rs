@@ -242,6 +242,38 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// An upstream that holds each request until `release` says go, counting
+/// arrivals.
+pub async fn held_upstream(
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> SocketAddr {
+    upstream(move |_req| {
+        arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut release = release.clone();
+        async move {
+            let _ = release.wait_for(|go| *go).await;
+            text_response(200, "done")
+        }
+    })
+    .await
+}
+
+/// True when the request's AK/SK signature, made with [`key`], checks out
+/// over `body` (as the gateway checks it, within 15 minutes).
+pub fn signature_ok(parts: &http::request::Parts, body: &[u8]) -> bool {
+    modelarts_proxy::signer::verify::verify(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+        |_| Some(key()),
+        chrono::Utc::now(),
+        chrono::Duration::minutes(15),
+    )
+    .is_ok()
+}
+
 /// A stand-in ModelArts service that verifies signatures made with [`key`].
 pub async fn stand_in() -> SocketAddr {
     StandIn::new(vec![key()], Arc::new(chrono::Utc::now))
