@@ -497,7 +497,7 @@ impl StandIn {
         match self.authenticate(parts, body) {
             Ok(_) if wants_stream(parts, body) => {
                 self.stats.accepted.fetch_add(1, Ordering::SeqCst);
-                server_sent_events()
+                server_sent_events(usage_asked(body).then(|| prompt_tokens(body)))
             }
             Ok(auth) => {
                 self.stats.accepted.fetch_add(1, Ordering::SeqCst);
@@ -820,20 +820,65 @@ fn wants_stream(parts: &http::request::Parts, body: &Bytes) -> bool {
             .is_ok_and(|v| v.get("stream") == Some(&serde_json::Value::Bool(true)))
 }
 
-/// `data: {"index":i,"text":…}` events, [`SSE_INTERVAL`] apart, then `data: [DONE]`.
-fn server_sent_events() -> Response<ProxyBody> {
+/// The model the stand-in answers as.
+const DEV_MODEL: &str = "dev-model";
+
+/// True when a streaming request asked for its usage
+/// (`"stream_options":{"include_usage":true}`, as OpenAI's API takes it).
+fn usage_asked(body: &Bytes) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v.pointer("/stream_options/include_usage") == Some(&serde_json::Value::Bool(true))
+    })
+}
+
+/// A stand-in's token count for a prompt: about one per four bytes.
+fn prompt_tokens(body: &Bytes) -> u64 {
+    (body.len() as u64).div_ceil(4)
+}
+
+/// OpenAI-style `chat.completion.chunk` events, [`SSE_INTERVAL`] apart;
+/// when `usage` is asked for, a last event with `usage` (this many prompt
+/// tokens, one completion token per event); then `data: [DONE]`.
+fn server_sent_events(usage: Option<u64>) -> Response<ProxyBody> {
     let (mut tx, events) =
         http_body_util::channel::Channel::<Bytes, crate::error::BoxError>::new(1);
     tokio::spawn(async move {
+        let chunk = |choices: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "id": "chatcmpl-dev",
+                "object": "chat.completion.chunk",
+                "model": DEV_MODEL,
+                "choices": choices,
+            });
+            // Asked for usage, OpenAI's chunks say `"usage": null` until the last.
+            if usage.is_some() {
+                v["usage"] = serde_json::Value::Null;
+            }
+            v
+        };
         for i in 0..SSE_EVENTS {
-            let event = format!(
-                "data: {}\n\n",
-                serde_json::json!({"index": i, "text": format!("token {i} from the stand-in")})
-            );
-            if tx.send_data(Bytes::from(event)).await.is_err() {
+            let event = chunk(serde_json::json!([{
+                "index": 0,
+                "delta": {"content": format!("token {i} from the stand-in ")},
+            }]));
+            if tx
+                .send_data(Bytes::from(format!("data: {event}\n\n")))
+                .await
+                .is_err()
+            {
                 return;
             }
             tokio::time::sleep(SSE_INTERVAL).await;
+        }
+        if let Some(prompt) = usage {
+            let completion = SSE_EVENTS as u64;
+            let mut last = chunk(serde_json::json!([]));
+            last["usage"] = serde_json::json!({
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            });
+            let _ = tx.send_data(Bytes::from(format!("data: {last}\n\n"))).await;
         }
         let _ = tx.send_data(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });

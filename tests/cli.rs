@@ -304,8 +304,17 @@ async fn dev_mode_runs_the_whole_flow_with_no_cloud_account() {
         }
     }
     assert!(
-        frames >= 6,
-        "five events and [DONE], each in its own frame: {frames}"
+        frames >= 7,
+        "five events, the usage (stream_usage asked for it) and [DONE], each in its own frame: {frames}"
+    );
+    // The usage the stand-in reported is counted for the model.
+    let (_, metrics) = get(&format!("http://{admin}/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(
+            "modelarts_proxy_model_tokens_total{route=\"/\",model=\"dev-model\",kind=\"completion\"} 5"
+        ),
+        "{metrics}"
     );
 
     // The env file: secrets, owner-only.

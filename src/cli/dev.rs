@@ -183,6 +183,7 @@ admin_listen = "{admin}"
 prefix = "/"
 upstream = "{upstream}"
 credentials = "demo"
+stream_usage = true
 [[route]]
 prefix = "/token"
 upstream = "{upstream}"
@@ -232,7 +233,7 @@ fn print_banner(daemon: &Daemon, service: SocketAddr, upstream: &str, demo: &Dem
     };
     println!(
         "modelarts-proxy dev\n\
-         \n  stand-in ModelArts service: {upstream}\n    (checks AK/SK signatures, IAM tokens and app codes like API Gateway; echoes what it received;\n     streams server-sent events for \"stream\": true or Accept: text/event-stream)\n\
+         \n  stand-in ModelArts service: {upstream}\n    (checks AK/SK signatures, IAM tokens and app codes like API Gateway; echoes what it received;\n     streams OpenAI-style events for \"stream\": true or Accept: text/event-stream,\n     with their usage when asked: the / route asks, stream_usage = true)\n\
          \n  stand-in IAM:               http://{service}/v3/auth/tokens  (8 KB tokens, valid {lifetime})\n\
          \n  proxy:                      http://{proxy}\n\
          \x20   /        -> the service, signed with the demo AK/SK {}\n\
