@@ -216,6 +216,15 @@ pub fn html(status: &Value) -> String {
             None => "not measured".to_owned(),
         },
     );
+    routes_html(&mut p, status);
+    credentials_html(&mut p, status);
+    errors_html(&mut p, status);
+    p.push_str("<p class=\"muted\">The same data: <a href=\"/status.json\">/status.json</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n");
+    p
+}
+
+/// The routes table: targets with their health, retries, pacing.
+fn routes_html(p: &mut String, status: &Value) {
     p.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>prefix</th><th>targets</th><th>retries</th><th>pacing</th></tr>");
     for r in status["routes"].as_array().into_iter().flatten() {
         let targets: Vec<String> = r["targets"]
@@ -262,7 +271,12 @@ pub fn html(status: &Value) -> String {
             show(&r["retry_attempts"]),
         );
     }
-    p.push_str("</table><h2>Credentials</h2><table id=\"credentials\"><tr><th>name</th><th>kind</th><th>source</th><th>state</th><th>AK</th><th>expires in</th><th>last error</th><th>breaker</th></tr>");
+    p.push_str("</table>");
+}
+
+/// The credentials table: kind, source, state, AK, expiry, last error, breaker.
+fn credentials_html(p: &mut String, status: &Value) {
+    p.push_str("<h2>Credentials</h2><table id=\"credentials\"><tr><th>name</th><th>kind</th><th>source</th><th>state</th><th>AK</th><th>expires in</th><th>last error</th><th>breaker</th></tr>");
     for c in status["credentials"].as_array().into_iter().flatten() {
         let ok = c["state"].as_str() == Some("ready");
         let breaker = match c["breaker_open"].as_bool() {
@@ -291,7 +305,12 @@ pub fn html(status: &Value) -> String {
             show(&c["last_error"]),
         );
     }
-    p.push_str("</table><h2>Last gateway errors</h2><table id=\"gateway-errors\"><tr><th>at</th><th>route</th><th>status</th><th>code</th><th>hint</th><th>request ids (ours, the gateway's)</th></tr>");
+    p.push_str("</table>");
+}
+
+/// The last gateway errors, newest first.
+fn errors_html(p: &mut String, status: &Value) {
+    p.push_str("<h2>Last gateway errors</h2><table id=\"gateway-errors\"><tr><th>at</th><th>route</th><th>status</th><th>code</th><th>hint</th><th>request ids (ours, the gateway's)</th></tr>");
     let errors = status["gateway_errors"].as_array();
     if errors.is_none_or(|e| e.is_empty()) {
         p.push_str("<tr><td colspan=\"6\" class=\"muted\">none since the start</td></tr>");
@@ -310,8 +329,7 @@ pub fn html(status: &Value) -> String {
             show(&e["gateway_request_id"]),
         );
     }
-    p.push_str("</table><p class=\"muted\">The same data: <a href=\"/status.json\">/status.json</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n");
-    p
+    p.push_str("</table>");
 }
 
 #[cfg(test)]
