@@ -9,8 +9,8 @@ use http::HeaderName;
 use ipnet::IpNet;
 use toml::Value;
 
+use super::credentials::{resolve_now, secret_source};
 use super::walk::{Report, Section, check_keys, type_name};
-use super::{resolve_now, secret_source};
 use crate::credentials::Sources;
 use crate::secret::Secret;
 

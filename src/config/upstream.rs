@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use http::Uri;
 use toml::Value;
 
+use super::credentials::{resolve_now, secret_source};
 use super::walk::{Report, Section, check_keys, type_name};
-use super::{resolve_now, secret_source};
 use crate::credentials::Sources;
 use crate::secret::Secret;
 
