@@ -21,6 +21,18 @@ pub const ENV_SECURITY_TOKEN: &str = "HUAWEICLOUD_SDK_SECURITY_TOKEN";
 pub const ENV_PROJECT_ID: &str = "HUAWEICLOUD_SDK_PROJECT_ID";
 /// SDK convention: overrides the profile file's path.
 pub const ENV_CREDENTIALS_FILE: &str = "HUAWEICLOUD_SDK_CREDENTIALS_FILE";
+/// SDK convention: the IAM endpoint.
+pub const ENV_IAM_ENDPOINT: &str = "HUAWEICLOUD_SDK_IAM_ENDPOINT";
+/// SDK convention: the region (`cn-north-4`), which names IAM's endpoint.
+pub const ENV_REGION: &str = "HUAWEICLOUD_SDK_REGION";
+/// SDK convention: the id of the IAM identity provider that trusts an OIDC id token.
+pub const ENV_IDP_ID: &str = "HUAWEICLOUD_SDK_IDP_ID";
+/// SDK convention: the file holding the OIDC id token (re-read at every use).
+pub const ENV_ID_TOKEN_FILE: &str = "HUAWEICLOUD_SDK_ID_TOKEN_FILE";
+/// CCE Pod Identity: where the pod's temporary credentials are issued.
+pub const ENV_POD_IDENTITY_URI: &str = "HC_CONTAINER_CREDENTIALS_FULL_URI";
+/// CCE Pod Identity: the projected service-account token sent to it.
+pub const ENV_POD_IDENTITY_TOKEN_FILE: &str = "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE";
 
 /// The environment and file system, as credential loading sees them.
 pub trait Sources: Send + Sync {

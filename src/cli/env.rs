@@ -26,8 +26,7 @@ pub const ENV_IAM_DOMAIN: &str = "HUAWEICLOUD_IAM_DOMAIN";
 pub const ENV_IAM_PROJECT: &str = "HUAWEICLOUD_IAM_PROJECT";
 pub const ENV_IAM_PROJECT_ID: &str = "HUAWEICLOUD_IAM_PROJECT_ID";
 /// `--auth token`: the IAM endpoint (the SDKs' variable), or derive it from [`ENV_REGION`].
-pub const ENV_IAM_ENDPOINT: &str = "HUAWEICLOUD_SDK_IAM_ENDPOINT";
-pub const ENV_REGION: &str = "HUAWEICLOUD_SDK_REGION";
+pub use crate::credentials::{ENV_IAM_ENDPOINT, ENV_REGION};
 /// `--auth apikey`: the APIG app code (env).
 pub const ENV_APP_CODE: &str = "APIG_APP_CODE";
 
