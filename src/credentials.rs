@@ -208,37 +208,91 @@ pub fn from_sdk_chain(sources: &dyn Sources) -> Result<Found, String> {
         (None, Some(_)) => return Err(format!("{ENV_SK} is set but {ENV_AK} is not")),
         (None, None) => {}
     }
-    let path = match env(ENV_CREDENTIALS_FILE) {
-        Some(p) => PathBuf::from(p),
-        None => match sources.home_dir() {
-            Some(home) => home.join(".huaweicloud").join("credentials"),
-            None => {
-                return Err(format!(
-                    "no AK/SK: {ENV_AK} and {ENV_SK} are not set, and there is no home directory \
-                     for ~/.huaweicloud/credentials"
-                ));
-            }
-        },
+    let (path, profile) = match read_profile(sources)? {
+        Some(found) => found,
+        None => {
+            let path = profile_path(sources).map_or_else(
+                || "~/.huaweicloud/credentials (there is no home directory)".to_owned(),
+                |p| p.display().to_string(),
+            );
+            return Err(format!(
+                "no AK/SK: {ENV_AK} and {ENV_SK} are not set, and there is no profile file {path}"
+            ));
+        }
     };
-    let text = sources.read_file(&path).map_err(|e| {
-        format!(
-            "no AK/SK: {ENV_AK} and {ENV_SK} are not set, and the profile file {} cannot be read ({e})",
+    match (profile.ak, profile.sk) {
+        (Some(ak), Some(sk)) => Ok(Found {
+            key: AkSk {
+                access_key: ak,
+                secret_key: sk,
+                security_token: profile.security_token,
+            },
+            project_id: profile.project_id,
+            origin: format!("profile file {}", path.display()),
+        }),
+        _ => Err(format!(
+            "profile file {}: its [basic] section needs both ak and sk",
             path.display()
-        )
-    })?;
+        )),
+    }
+}
+
+/// The profile file's path: `HUAWEICLOUD_SDK_CREDENTIALS_FILE`, else
+/// `~/.huaweicloud/credentials`.
+pub fn profile_path(sources: &dyn Sources) -> Option<PathBuf> {
+    match sources
+        .env(ENV_CREDENTIALS_FILE)
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(p) => Some(PathBuf::from(p.trim())),
+        None => sources
+            .home_dir()
+            .map(|home| home.join(".huaweicloud").join("credentials")),
+    }
+}
+
+/// What a profile file's `[basic]` section holds (empty values are absent).
+#[derive(Debug, Default)]
+pub struct Profile {
+    pub ak: Option<String>,
+    pub sk: Option<Secret>,
+    pub security_token: Option<Secret>,
+    pub project_id: Option<String>,
+    pub iam_endpoint: Option<String>,
+    pub idp_id: Option<String>,
+    pub id_token_file: Option<String>,
+}
+
+/// The profile file and its `[basic]` section; `None` when there is no
+/// file where the SDKs look by default. A file named by
+/// `HUAWEICLOUD_SDK_CREDENTIALS_FILE` must exist.
+pub fn read_profile(sources: &dyn Sources) -> Result<Option<(PathBuf, Profile)>, String> {
+    let named = sources
+        .env(ENV_CREDENTIALS_FILE)
+        .is_some_and(|v| !v.trim().is_empty());
+    let Some(path) = profile_path(sources) else {
+        return Ok(None);
+    };
+    let text = match sources.read_file(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !named => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "the profile file {} cannot be read ({e})",
+                path.display()
+            ));
+        }
+    };
     let profile =
         parse_profile(&text).map_err(|e| format!("profile file {}: {e}", path.display()))?;
-    Ok(Found {
-        origin: format!("profile file {}", path.display()),
-        ..profile
-    })
+    Ok(Some((path, profile)))
 }
 
 /// Reads the `[basic]` section of an SDK profile file (INI).
-fn parse_profile(text: &str) -> Result<Found, String> {
+fn parse_profile(text: &str) -> Result<Profile, String> {
     let mut section = None::<String>;
     let mut basic_seen = false;
-    let (mut ak, mut sk, mut token, mut project) = (None, None, None, None);
+    let mut profile = Profile::default();
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -254,33 +308,26 @@ fn parse_profile(text: &str) -> Result<Found, String> {
         let Some((key, value)) = line.split_once(['=', ':']) else {
             continue;
         };
-        if !in_basic {
+        let value = value.trim();
+        if !in_basic || value.is_empty() {
             continue;
         }
-        let value = value.trim().to_owned();
+        let value = value.to_owned();
         match key.trim().to_ascii_lowercase().as_str() {
-            "ak" => ak = Some(value),
-            "sk" => sk = Some(value),
-            "security_token" => token = Some(value),
-            "project_id" => project = Some(value),
+            "ak" => profile.ak = Some(value),
+            "sk" => profile.sk = Some(Secret::new(value)),
+            "security_token" => profile.security_token = Some(Secret::new(value)),
+            "project_id" => profile.project_id = Some(value),
+            "iam_endpoint" => profile.iam_endpoint = Some(value),
+            "idp_id" => profile.idp_id = Some(value),
+            "id_token_file" => profile.id_token_file = Some(value),
             _ => {}
         }
     }
     if !basic_seen {
         return Err("it has no [basic] section".to_owned());
     }
-    match (ak.filter(|v| !v.is_empty()), sk.filter(|v| !v.is_empty())) {
-        (Some(ak), Some(sk)) => Ok(Found {
-            key: AkSk {
-                access_key: ak,
-                secret_key: Secret::new(sk),
-                security_token: token.filter(|t| !t.is_empty()).map(Secret::new),
-            },
-            project_id: project.filter(|p| !p.is_empty()),
-            origin: String::new(),
-        }),
-        _ => Err("its [basic] section needs both ak and sk".to_owned()),
-    }
+    Ok(profile)
 }
 
 #[cfg(test)]

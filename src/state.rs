@@ -107,16 +107,21 @@ impl State {
             local_clock: runtime.clock.clone(),
         };
         let mut providers = HashMap::new();
-        for (name, spec) in &config.credentials {
+        let mut kept = std::collections::HashSet::new();
+        // An agency's base starts first: the agency asks it for its credential.
+        let mut order: Vec<(&String, &Credentials)> = config.credentials.iter().collect();
+        order.sort_by_key(|(_, spec)| spec.is_assumed());
+        for (name, spec) in order {
             let reusable = previous
                 .filter(|p| p.config.upstream_tls == config.upstream_tls)
                 .filter(|p| {
                     p.config.server.clock_skew_correction == config.server.clock_skew_correction
                 })
+                .filter(|_| spec.assumed_with().is_none_or(|base| kept.contains(base)))
                 .and_then(|p| {
                     let same = match (p.config.credentials.get(name)?, spec) {
                         (Credentials::Token(a), Credentials::Token(b)) => a == b,
-                        (Credentials::Metadata(a), Credentials::Metadata(b)) => a == b,
+                        (Credentials::Temporary(a), Credentials::Temporary(b)) => a == b,
                         _ => false,
                     };
                     same.then(|| p.providers.get(name).cloned()).flatten()
@@ -124,7 +129,10 @@ impl State {
             if let Some(kept) = &reusable {
                 kept.retry_if_failing();
             }
-            let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx));
+            if reusable.is_some() {
+                kept.insert(name.clone());
+            }
+            let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx, &providers));
             providers.insert(name.clone(), provider);
         }
         // Reservations held by requests in flight stay with the budget they

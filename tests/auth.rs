@@ -305,7 +305,7 @@ async fn metadata_credentials_sign_requests_and_are_refreshed_before_they_expire
         "the security token was sent"
     );
 
-    let Provider::Metadata { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
+    let Provider::Temporary { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
     else {
         panic!()
     };
@@ -502,7 +502,7 @@ async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
     ))
     .await;
     assert_eq!(get(&proxy.url("/")).await.0.status, 200);
-    let Provider::Metadata { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
+    let Provider::Temporary { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
     else {
         panic!()
     };

@@ -314,10 +314,11 @@ pub async fn inject(
             recovery.pass = Some(admit(breaker, cx)?);
             recovery.signed = Some(sign_aksk(&mut out, payload, &keys.current(), cx)?);
         }
-        Some(Provider::Metadata {
+        Some(Provider::Temporary {
             creds,
             max_wait,
             breaker,
+            ..
         }) => {
             recovery.pass = Some(admit(breaker, cx)?);
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;

@@ -18,7 +18,6 @@ use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use super::aksk::AkSkCredentials;
-use super::iam::parse_time;
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use crate::client::HttpClient;
 use crate::clock::Clock;
@@ -330,29 +329,7 @@ fn security_key(
 
 /// Parses `{"credential":{"access","secret","securitytoken","expires_at"}}`.
 pub fn parse_security_key(body: &[u8]) -> Result<Expiring<AkSk>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("its body is not JSON ({e})"))?;
-    let c = &v["credential"];
-    let field = |name: &str| {
-        c[name]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("its body has no credential.{name}"))
-    };
-    let (access, secret, token, expires_at) = (
-        field("access")?,
-        field("secret")?,
-        field("securitytoken")?,
-        field("expires_at")?,
-    );
-    Ok(Expiring {
-        value: AkSk {
-            access_key: access.to_owned(),
-            secret_key: Secret::new(secret),
-            security_token: Some(Secret::new(token)),
-        },
-        expires_at: parse_time(expires_at)?,
-    })
+    super::temporary::parse_credential(body)
 }
 
 #[cfg(test)]

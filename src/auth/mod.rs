@@ -1,16 +1,20 @@
 //! Credentials at run time: one [`Provider`] per `[credentials.NAME]`, each
 //! keeping its credential current: long-lived AK/SK and API keys re-read when
-//! their files change, IAM tokens and ECS temporary AK/SK refreshed ahead of
-//! expiry by [`refresh::Refreshing`].
+//! their files change, IAM tokens and temporary AK/SK (ECS metadata, CCE Pod
+//! Identity, OIDC federation, agencies) refreshed ahead of expiry by
+//! [`refresh::Refreshing`].
 
 pub mod aksk;
 pub mod breaker;
 pub mod iam;
 pub mod inject;
 pub mod metadata;
+pub mod pod_identity;
 pub mod refresh;
+pub mod temporary;
 pub mod watched;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +23,10 @@ use http::{HeaderName, HeaderValue};
 
 use crate::client::HttpClient;
 use crate::clock::{Clock, Skew};
-use crate::config::{self, AkSkSpec, ApiKeySpec, Credentials, MetadataSpec, TokenSpec};
+use crate::config::{
+    self, AkSkSpec, ApiKeySpec, Base, Credentials, TemporarySource, TemporarySpec, TokenSource,
+    TokenSpec,
+};
 use crate::credentials::{SecretSource, Sources};
 use crate::metrics::Metrics;
 pub use aksk::AkSkCredentials;
@@ -41,16 +48,20 @@ pub enum Provider {
         keys: Arc<Watched<AkSkCredentials>>,
         breaker: Arc<Breaker>,
     },
-    Metadata {
+    /// Temporary AK/SK, from whichever issuer.
+    Temporary {
         creds: Arc<Refreshing<Arc<AkSkCredentials>>>,
         max_wait: Duration,
         breaker: Arc<Breaker>,
+        /// Watches the file the issuer is shown: a fixed file retries at once.
+        file_watch: Option<Arc<Watched<()>>>,
     },
     Token {
         token: Arc<Refreshing<iam::Token>>,
         max_wait: Duration,
-        /// Watches a `{ file = … }` password: a fixed file retries at once.
-        password_watch: Option<Arc<Watched<()>>>,
+        /// Watches a `{ file = … }` password or an id-token file: a fixed
+        /// file retries at once.
+        file_watch: Option<Arc<Watched<()>>>,
     },
     ApiKey(Arc<Watched<ApiKey>>),
 }
@@ -69,27 +80,34 @@ pub struct Context {
 }
 
 impl Provider {
-    /// Starts the provider for `[credentials.{name}]` (needs a Tokio runtime).
-    pub fn start(name: &str, spec: &Credentials, cx: &Context) -> Provider {
+    /// Starts the provider for `[credentials.{name}]` (needs a Tokio
+    /// runtime). An agency's base is found in `started`, so bases start
+    /// first ([`Credentials::is_assumed`]).
+    pub fn start(
+        name: &str,
+        spec: &Credentials,
+        cx: &Context,
+        started: &HashMap<String, Provider>,
+    ) -> Provider {
         let label = format!("credentials.{name}");
         match spec {
             Credentials::AkSk(a) => start_aksk(label, name, a, cx),
             Credentials::ApiKey(k) => start_api_key(label, k, cx),
-            Credentials::Token(t) => start_token(label, name, t, cx),
-            Credentials::Metadata(m) => start_metadata(label, name, m, cx),
+            Credentials::Token(t) => start_token(label, name, t, cx, started),
+            Credentials::Temporary(t) => start_temporary(label, name, t, cx, started),
         }
     }
 
     /// True for AK/SK (long-lived or temporary): requests are signed.
     pub fn signs(&self) -> bool {
-        matches!(self, Provider::AkSk { .. } | Provider::Metadata { .. })
+        matches!(self, Provider::AkSk { .. } | Provider::Temporary { .. })
     }
 
     /// Which kind of credential this is, for hints.
     pub fn kind(&self) -> crate::gateway::Kind {
         use crate::gateway::Kind;
         match self {
-            Provider::AkSk { .. } | Provider::Metadata { .. } => Kind::AkSk,
+            Provider::AkSk { .. } | Provider::Temporary { .. } => Kind::AkSk,
             Provider::Token { .. } => Kind::Token,
             Provider::ApiKey(_) => Kind::ApiKey,
         }
@@ -99,7 +117,7 @@ impl Provider {
     pub fn is_ready(&self) -> bool {
         match self {
             Provider::AkSk { .. } | Provider::ApiKey(_) => true,
-            Provider::Metadata { creds, .. } => creds.is_ready(),
+            Provider::Temporary { creds, .. } => creds.is_ready(),
             Provider::Token { token, .. } => token.is_ready(),
         }
     }
@@ -108,14 +126,14 @@ impl Provider {
     /// operator may have fixed the password file or IAM); an open signature
     /// breaker closes.
     pub fn retry_if_failing(&self) {
-        if let Provider::Metadata { breaker, .. } = self {
+        if let Provider::Temporary { breaker, .. } = self {
             breaker.reset("the configuration was reloaded");
         }
         match self {
             Provider::Token { token, .. } if token.last_error().is_some() || !token.is_ready() => {
                 token.retry_now()
             }
-            Provider::Metadata { creds, .. }
+            Provider::Temporary { creds, .. }
                 if creds.last_error().is_some() || !creds.is_ready() =>
             {
                 creds.retry_now()
@@ -132,7 +150,7 @@ impl Provider {
         };
         match self {
             Provider::AkSk { .. } | Provider::ApiKey(_) => None,
-            Provider::Metadata { creds, .. } => {
+            Provider::Temporary { creds, .. } => {
                 (!creds.is_ready()).then(|| last(creds.last_error()))
             }
             Provider::Token { token, .. } => (!token.is_ready()).then(|| last(token.last_error())),
@@ -195,75 +213,209 @@ fn start_api_key(label: String, k: &ApiKeySpec, cx: &Context) -> Provider {
     Provider::ApiKey(Watched::start(label, initial, files, reload))
 }
 
-/// An IAM token kept fresh; a `{ file = … }` password is watched so that a
-/// fixed file retries at once.
-fn start_token(label: String, name: &str, t: &TokenSpec, cx: &Context) -> Provider {
-    let fetcher = iam::IamFetcher {
-        request: t.request.clone(),
-        client: cx.client.clone(),
-        sources: cx.sources.clone(),
-        skew: Some(iam::SkewProbe {
-            skew: cx.skew.clone(),
-            local: cx.local_clock.clone(),
-        }),
-    };
-    let token = Refreshing::start(
-        label.clone(),
-        fetcher,
-        Policy::with_margin(t.refresh_margin),
-        cx.clock.clone(),
-        CredentialMetrics::new(cx, name),
-    );
-    let password_watch = match &t.request.password {
-        SecretSource::File(path) => {
-            let weak = Arc::downgrade(&token);
-            let retry = move || {
-                if let Some(token) = weak.upgrade()
-                    && token.last_error().is_some()
-                {
-                    token.retry_now();
-                }
-                Ok(())
+/// An IAM token kept fresh; the file it is fetched with (a `{ file = … }`
+/// password, an id-token file) is watched so that a fixed file retries at once.
+fn start_token(
+    label: String,
+    name: &str,
+    t: &TokenSpec,
+    cx: &Context,
+    started: &HashMap<String, Provider>,
+) -> Provider {
+    let policy = Policy::with_margin(t.refresh_margin);
+    let observe = CredentialMetrics::new(cx, name);
+    let clock = cx.clock.clone();
+    let (token, file) = match &t.source {
+        TokenSource::Password(request) => {
+            let fetcher = iam::IamFetcher {
+                request: request.clone(),
+                client: cx.client.clone(),
+                sources: cx.sources.clone(),
+                skew: Some(cx.skew_probe()),
             };
-            Some(Watched::start(
-                format!("{label}.password"),
-                (),
-                vec![path.clone()],
-                retry,
-            ))
+            let file = match &request.password {
+                crate::credentials::SecretSource::File(path) => Some(path.clone()),
+                _ => None,
+            };
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                file,
+            )
         }
-        _ => None,
+        TokenSource::Oidc { oidc, project } => {
+            let fetcher = iam::oidc::OidcToken {
+                exchange: cx.oidc(oidc),
+                project: project.clone(),
+            };
+            let file = Some(oidc.id_token_file.clone());
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                file,
+            )
+        }
+        TokenSource::Agency { agency, project } => {
+            let fetcher = iam::agency::AgencyToken {
+                fetcher: cx.agency(agency, started),
+                project: project.clone(),
+            };
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                None,
+            )
+        }
     };
+    let file_watch = file.map(|path| retry_on_change(&label, &token, path));
     Provider::Token {
         token,
         max_wait: t.max_wait,
-        password_watch,
+        file_watch,
     }
 }
 
-/// Temporary AK/SK from the ECS metadata service, kept fresh; new keys
-/// close the signature breaker.
-fn start_metadata(label: String, name: &str, m: &MetadataSpec, cx: &Context) -> Provider {
-    let breaker = Arc::new(Breaker::new(name, m.breaker_cooldown, cx.metrics.clone()));
-    let fetcher = metadata::MetadataFetcher::new(
-        m.endpoint.clone(),
-        m.project_id.clone(),
-        cx.client.clone(),
-        cx.local_clock.clone(),
-    );
+/// Watches `path`: when it changes while `refreshing` is failing, it retries at once.
+fn retry_on_change<T: Send + Sync + 'static>(
+    label: &str,
+    refreshing: &Arc<Refreshing<T>>,
+    path: std::path::PathBuf,
+) -> Arc<Watched<()>> {
+    let weak = Arc::downgrade(refreshing);
+    let retry = move || {
+        if let Some(r) = weak.upgrade()
+            && r.last_error().is_some()
+        {
+            r.retry_now();
+        }
+        Ok(())
+    };
+    Watched::start(format!("{label}.file"), (), vec![path], retry)
+}
+
+/// Temporary AK/SK kept fresh; new keys close the signature breaker.
+fn start_temporary(
+    label: String,
+    name: &str,
+    t: &TemporarySpec,
+    cx: &Context,
+    started: &HashMap<String, Provider>,
+) -> Provider {
+    let breaker = Arc::new(Breaker::new(name, t.breaker_cooldown, cx.metrics.clone()));
     let mut observe = CredentialMetrics::new(cx, name);
     observe.breaker = Some(breaker.clone());
-    let creds = Refreshing::start(
-        label,
-        fetcher,
-        Policy::with_margin(m.refresh_margin),
-        cx.clock.clone(),
-        observe,
-    );
-    Provider::Metadata {
+    let (policy, clock) = (Policy::with_margin(t.refresh_margin), cx.clock.clone());
+    let project_id = t.project_id.clone();
+    let (creds, file) = match &t.source {
+        TemporarySource::Metadata { endpoint } => {
+            let fetcher = metadata::MetadataFetcher::new(
+                endpoint.clone(),
+                project_id,
+                cx.client.clone(),
+                cx.local_clock.clone(),
+            );
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                None,
+            )
+        }
+        TemporarySource::PodIdentity(spec) => {
+            let fetcher = pod_identity::PodIdentityFetcher {
+                spec: spec.clone(),
+                project_id,
+                client: cx.client.clone(),
+                sources: cx.sources.clone(),
+            };
+            let file = Some(spec.token_file.clone());
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                file,
+            )
+        }
+        TemporarySource::Oidc { oidc, duration } => {
+            let fetcher = iam::oidc::OidcKey {
+                exchange: cx.oidc(oidc),
+                duration: *duration,
+                project_id,
+            };
+            let file = Some(oidc.id_token_file.clone());
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                file,
+            )
+        }
+        TemporarySource::Agency { agency, duration } => {
+            let fetcher = iam::agency::AgencyKey {
+                fetcher: cx.agency(agency, started),
+                duration: *duration,
+                project_id,
+            };
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                None,
+            )
+        }
+    };
+    let file_watch = file.map(|path| retry_on_change(&label, &creds, path));
+    Provider::Temporary {
         creds,
-        max_wait: m.max_wait,
+        max_wait: t.max_wait,
         breaker,
+        file_watch,
+    }
+}
+
+impl Context {
+    fn skew_probe(&self) -> iam::SkewProbe {
+        iam::SkewProbe {
+            skew: self.skew.clone(),
+            local: self.local_clock.clone(),
+        }
+    }
+
+    fn oidc(&self, spec: &config::OidcSpec) -> iam::oidc::OidcExchange {
+        iam::oidc::OidcExchange {
+            spec: spec.clone(),
+            client: self.client.clone(),
+            sources: self.sources.clone(),
+            skew: Some(self.skew_probe()),
+        }
+    }
+
+    /// Assumes `agency` with its base, which `started` holds unless the base is an id token.
+    fn agency(
+        &self,
+        agency: &config::AgencySpec,
+        started: &HashMap<String, Provider>,
+    ) -> iam::agency::AgencyFetcher {
+        use iam::agency::BaseCredential;
+        let base = match (&agency.by, started.get(&agency.base)) {
+            (Base::Oidc(oidc), _) => BaseCredential::Oidc(self.oidc(oidc)),
+            (
+                _,
+                Some(Provider::Token {
+                    token, max_wait, ..
+                }),
+            ) => BaseCredential::Token {
+                token: token.clone(),
+                max_wait: *max_wait,
+            },
+            (_, Some(Provider::AkSk { keys, .. })) => BaseCredential::Keys(keys.clone()),
+            (
+                _,
+                Some(Provider::Temporary {
+                    creds, max_wait, ..
+                }),
+            ) => BaseCredential::Temporary {
+                creds: creds.clone(),
+                max_wait: *max_wait,
+            },
+            // Validation guarantees a base; an absent one can only fail.
+            (_, Some(Provider::ApiKey(_)) | None) => BaseCredential::Missing,
+        };
+        iam::agency::AgencyFetcher {
+            spec: agency.clone(),
+            base,
+            client: self.client.clone(),
+            skew: Some(self.skew_probe()),
+        }
     }
 }
 

@@ -154,7 +154,7 @@ async fn fetch_expiring(state: &State) -> Vec<String> {
             } => first_fetch(token, *max_wait)
                 .await
                 .map(|t| format!("IAM token valid until {}", t.expires_at.to_rfc3339())),
-            Provider::Metadata {
+            Provider::Temporary {
                 creds, max_wait, ..
             } => first_fetch(creds, *max_wait).await.map(|c| {
                 format!(
@@ -177,7 +177,7 @@ async fn fetch_expiring(state: &State) -> Vec<String> {
 }
 
 /// The credential as soon as the first fetch has finished, good or bad.
-async fn first_fetch<T: Send + Sync + 'static>(
+pub(super) async fn first_fetch<T: Send + Sync + 'static>(
     r: &Refreshing<T>,
     wait: Duration,
 ) -> Result<Arc<Expiring<T>>, String> {

@@ -168,7 +168,7 @@ fn describe_auth(route: &config::Route, config: &config::Config) -> String {
         .and_then(|n| config.credentials.get(n).map(|c| (n, c)))
     {
         None => "no authentication".to_owned(),
-        Some((name, c @ (Credentials::AkSk(_) | Credentials::Metadata(_)))) => {
+        Some((name, c @ (Credentials::AkSk(_) | Credentials::Temporary(_)))) => {
             format!(
                 "[credentials.{name}] {}, payload {}",
                 c.describe(),

@@ -2,14 +2,17 @@
 //! `gcloud auth print-access-token`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::{Table, Value};
 
 use super::env::{Auth, env_credentials, env_problem};
 use super::{EXIT_CONFIG, EXIT_USAGE, config_path, print_problems};
+use crate::auth::Provider;
 use crate::config::walk::Problem;
 use crate::config::{self, Credentials};
 use crate::credentials::System;
+use crate::state::State;
 
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {
@@ -60,8 +63,8 @@ pub(super) async fn token(args: TokenArgs) -> u8 {
         })
         .filter(|(n, _)| args.credentials.as_ref().is_none_or(|want| want == *n))
         .collect();
-    let spec = match tokens.as_slice() {
-        [(_, spec)] => *spec,
+    let (name, spec) = match tokens.as_slice() {
+        [(name, spec)] => ((*name).clone(), (*spec).clone()),
         [] => {
             eprintln!(
                 "error: no token credentials{} in {origin}",
@@ -79,21 +82,37 @@ pub(super) async fn token(args: TokenArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let client = match crate::client::build(&config.upstream_tls, &config.egress) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
+    // Only this credential (and the one it assumes an agency with) is fetched.
+    let mut config = config;
+    let base = match &spec.source {
+        config::TokenSource::Agency { agency, .. } => Some(agency.base.clone()),
+        _ => None,
+    };
+    config
+        .credentials
+        .retain(|n, _| *n == name || Some(n) == base.as_ref());
+    for route in &mut config.routes {
+        route.credentials = Some(name.clone());
+    }
+    let state = match State::build(config) {
+        Ok(s) => s,
+        Err(problems) => {
+            print_problems(&problems, &origin);
             return EXIT_CONFIG;
         }
     };
-    match crate::auth::iam::fetch_token(&spec.request, &client, &System, None).await {
+    let Some(Provider::Token { token, .. }) = state.providers.get(&name) else {
+        return EXIT_CONFIG;
+    };
+    // IAM may take its time; a token that cannot be fetched fails at once.
+    match super::check::first_fetch(token, Duration::from_secs(60)).await {
         Ok(token) => {
             println!("{}", String::from_utf8_lossy(token.value.header.as_bytes()));
             eprintln!("# valid until {}", token.expires_at.to_rfc3339());
             0
         }
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {e}");
             1
         }
     }

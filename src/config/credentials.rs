@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use toml::Value;
 
+use super::identity::{self as identity};
+pub use super::identity::{AgencySpec, Base, OidcSpec, PodIdentitySpec};
 use super::walk::{Report, Section, check_keys, type_name};
 use crate::credentials::{self, SecretSource, Sources};
 use crate::secret::Secret;
@@ -21,8 +23,9 @@ use crate::signer::AkSk;
 pub enum Credentials {
     /// A long-lived AK/SK; the files it came from are re-read when they change.
     AkSk(AkSkSpec),
-    /// Temporary AK/SK from the ECS metadata service, refreshed ahead of expiry.
-    Metadata(MetadataSpec),
+    /// Temporary AK/SK (ECS metadata, Pod Identity, OIDC, an agency),
+    /// refreshed ahead of expiry.
+    Temporary(TemporarySpec),
     /// An IAM token, refreshed ahead of expiry.
     Token(TokenSpec),
     /// An API key (APIG app code) sent in a header.
@@ -30,19 +33,35 @@ pub enum Credentials {
 }
 
 impl Credentials {
+    /// An agency assumed with another credential, which must start first.
+    pub fn is_assumed(&self) -> bool {
+        self.assumed_with().is_some()
+    }
+
+    /// The credential an agency is assumed with.
+    pub fn assumed_with(&self) -> Option<&String> {
+        match self {
+            Credentials::Token(TokenSpec {
+                source: TokenSource::Agency { agency, .. },
+                ..
+            })
+            | Credentials::Temporary(TemporarySpec {
+                source: TemporarySource::Agency { agency, .. },
+                ..
+            }) => Some(&agency.base),
+            _ => None,
+        }
+    }
+
     /// `aksk from environment (…)`, `token for user alice in domain acme, project cn-north-4`: for logs.
     pub fn describe(&self) -> String {
         match self {
             Credentials::AkSk(a) => format!("AK/SK from {}", a.current.origin),
-            Credentials::Metadata(m) => format!(
-                "temporary AK/SK from the ECS metadata service {}",
-                m.endpoint
-            ),
-            Credentials::Token(t) => format!(
-                "IAM token for {} from {}",
-                t.request.describe(),
-                t.request.iam_endpoint
-            ),
+            Credentials::Temporary(t) => match &t.chosen {
+                Some(chosen) => format!("{} (auto: {chosen})", t.source.describe()),
+                None => t.source.describe(),
+            },
+            Credentials::Token(t) => t.describe(),
             Credentials::ApiKey(k) => format!("API key in {}", k.header),
         }
     }
@@ -80,13 +99,62 @@ pub enum KeySource {
     SdkChain,
 }
 
+/// Temporary AK/SK and where they come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MetadataSpec {
-    pub endpoint: Uri,
+pub struct TemporarySpec {
+    pub source: TemporarySource,
+    /// Sent and signed as `X-Project-Id` when set.
     pub project_id: Option<String>,
     pub refresh_margin: Duration,
+    /// How long a request may wait for the first key before 503.
     pub max_wait: Duration,
     pub breaker_cooldown: Duration,
+    /// What `source = "auto"` found (`None`: the source was named).
+    pub chosen: Option<String>,
+}
+
+/// Who issues temporary AK/SK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemporarySource {
+    /// The ECS metadata service.
+    Metadata { endpoint: Uri },
+    /// CCE Pod Identity.
+    PodIdentity(PodIdentitySpec),
+    /// IAM, for an OIDC id token an identity provider trusts.
+    Oidc { oidc: OidcSpec, duration: Duration },
+    /// IAM, for an agency assumed by another credential.
+    Agency {
+        agency: AgencySpec,
+        duration: Duration,
+    },
+}
+
+impl TemporarySource {
+    /// For logs, `check` and the status page; never a secret.
+    pub fn describe(&self) -> String {
+        match self {
+            TemporarySource::Metadata { endpoint } => {
+                format!("temporary AK/SK from the ECS metadata service {endpoint}")
+            }
+            TemporarySource::PodIdentity(p) => format!(
+                "temporary AK/SK from CCE Pod Identity {} (token file {})",
+                p.endpoint,
+                p.token_file.display()
+            ),
+            TemporarySource::Oidc { oidc, .. } => {
+                format!(
+                    "temporary AK/SK from IAM {} for {}",
+                    oidc.iam_endpoint,
+                    oidc.describe()
+                )
+            }
+            TemporarySource::Agency { agency, .. } => format!(
+                "temporary AK/SK from IAM {} for {}",
+                agency.iam_endpoint,
+                agency.describe()
+            ),
+        }
+    }
 }
 
 /// Which project the token is scoped to.
@@ -110,20 +178,93 @@ pub struct TokenRequest {
 impl TokenRequest {
     /// `user alice in domain acme, project cn-north-4`: for messages; never the password.
     pub fn describe(&self) -> String {
-        let project = match &self.project {
-            ProjectScope::Name(n) => format!("project {n}"),
-            ProjectScope::Id(id) => format!("project id {id}"),
-        };
-        format!("user {} in domain {}, {project}", self.user, self.domain)
+        format!(
+            "user {} in domain {}, {}",
+            self.user,
+            self.domain,
+            self.project.describe()
+        )
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenSpec {
-    pub request: TokenRequest,
+    pub source: TokenSource,
     pub refresh_margin: Duration,
     /// How long a request may wait for the first token before 503.
     pub max_wait: Duration,
+}
+
+/// How a project-scoped IAM token is obtained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// An IAM user's password.
+    Password(TokenRequest),
+    /// An OIDC id token an identity provider trusts.
+    Oidc {
+        oidc: OidcSpec,
+        project: ProjectScope,
+    },
+    /// An agency assumed by another credential.
+    Agency {
+        agency: AgencySpec,
+        project: ProjectScope,
+    },
+}
+
+impl TokenSpec {
+    pub fn iam_endpoint(&self) -> &Uri {
+        match &self.source {
+            TokenSource::Password(r) => &r.iam_endpoint,
+            TokenSource::Oidc { oidc, .. } => &oidc.iam_endpoint,
+            TokenSource::Agency { agency, .. } => &agency.iam_endpoint,
+        }
+    }
+
+    /// `IAM token for user alice in domain acme, project cn-north-4 from https://iam…`
+    pub fn describe(&self) -> String {
+        let who = match &self.source {
+            TokenSource::Password(r) => r.describe(),
+            TokenSource::Oidc { oidc, project } => {
+                format!("{}, {}", oidc.describe(), project.describe())
+            }
+            TokenSource::Agency { agency, project } => {
+                format!("{}, {}", agency.describe(), project.describe())
+            }
+        };
+        format!("IAM token for {who} from {}", self.iam_endpoint())
+    }
+}
+
+impl ProjectScope {
+    /// `project cn-north-4`, `project id 0a1b`.
+    pub fn describe(&self) -> String {
+        match self {
+            ProjectScope::Name(n) => format!("project {n}"),
+            ProjectScope::Id(id) => format!("project id {id}"),
+        }
+    }
+}
+
+impl OidcSpec {
+    /// `identity provider X (id token file /p)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "identity provider {} (id token file {})",
+            self.idp_id,
+            self.id_token_file.display()
+        )
+    }
+}
+
+impl AgencySpec {
+    /// `agency modelarts-invoke of account partner, assumed with [credentials.base]`.
+    pub fn describe(&self) -> String {
+        format!(
+            "agency {} of account {}, assumed with [credentials.{}]",
+            self.agency_name, self.domain_name, self.base
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -149,7 +290,8 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 /// APIG's API-key header.
 pub const DEFAULT_APP_CODE_HEADER: &str = "x-apig-appcode";
 
-const AKSK_KEYS: &[&str] = &[
+/// The keys of an AK/SK table (each source uses some: [`identity::AKSK_SOURCE_KEYS`]).
+pub const AKSK_KEYS: &[&str] = &[
     "type",
     "access_key",
     "secret_key",
@@ -161,9 +303,21 @@ const AKSK_KEYS: &[&str] = &[
     "refresh_margin",
     "max_wait",
     "breaker_cooldown",
+    "endpoint",
+    "token_file",
+    "idp_id",
+    "id_token_file",
+    "iam_endpoint",
+    "region",
+    "duration",
+    "base",
+    "domain_name",
+    "agency_name",
 ];
-const TOKEN_KEYS: &[&str] = &[
+/// The keys of a token table.
+pub const TOKEN_KEYS: &[&str] = &[
     "type",
+    "source",
     "iam_endpoint",
     "region",
     "user",
@@ -173,8 +327,21 @@ const TOKEN_KEYS: &[&str] = &[
     "project_id",
     "refresh_margin",
     "max_wait",
+    "idp_id",
+    "id_token_file",
+    "base",
+    "domain_name",
+    "agency_name",
 ];
-const APIKEY_KEYS: &[&str] = &["type", "app_code", "header", "prefix"];
+/// The keys of an APIG App table (AppKey/AppSecret, signed as AK/SK).
+pub const APP_KEYS: &[&str] = &[
+    "type",
+    "app_key",
+    "app_secret",
+    "project_id",
+    "breaker_cooldown",
+];
+pub const APIKEY_KEYS: &[&str] = &["type", "app_code", "header", "prefix"];
 
 pub(super) fn credential(
     report: &mut Report,
@@ -184,12 +351,13 @@ pub(super) fn credential(
     let kind = s.require(report, "type", |r| s.str(r, "type"))?;
     match kind {
         "aksk" => aksk(report, s, sources),
+        "app" => app(report, s, sources),
         "token" => token(report, s, sources).map(Credentials::Token),
         "apikey" => apikey(report, s, sources).map(Credentials::ApiKey),
         other => {
             report.error(
                 s.key_path("type"),
-                format!("must be \"aksk\", \"token\" or \"apikey\", not {other:?}"),
+                format!("must be \"aksk\", \"app\", \"token\" or \"apikey\", not {other:?}"),
             );
             None
         }
@@ -229,71 +397,76 @@ pub(super) fn url(report: &mut Report, s: &Section<'_>, key: &str) -> Option<Uri
 
 fn token(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<TokenSpec> {
     check_keys(report, s.table, &s.path, TOKEN_KEYS);
-    let region = s.str(report, "region");
-    let iam_endpoint = match (url(report, s, "iam_endpoint"), region) {
-        (Some(u), _) => Some(u),
-        (None, Some(region)) if !s.table.contains_key("iam_endpoint") => {
-            format!("https://iam.{region}.myhuaweicloud.com")
-                .parse::<Uri>()
-                .ok()
-                .or_else(|| {
-                    report.error(
-                        s.key_path("region"),
-                        format!("{region:?} is not a region name such as \"cn-north-4\""),
-                    );
-                    None
-                })
+    let source = s.str(report, "source").unwrap_or("password");
+    identity::only_for(report, s, source, identity::TOKEN_SOURCE_KEYS);
+    let refresh_margin = s
+        .duration(report, "refresh_margin")
+        .unwrap_or(DEFAULT_REFRESH_MARGIN);
+    let max_wait = s.duration(report, "max_wait").unwrap_or(DEFAULT_MAX_WAIT);
+    let source = match source {
+        "password" => TokenSource::Password(password_token(report, s, sources)?),
+        "oidc" => {
+            let oidc = identity::oidc(report, s, sources);
+            let project = identity::project_scope(report, s);
+            TokenSource::Oidc {
+                oidc: oidc?,
+                project: project?,
+            }
         }
-        (None, None) if !s.table.contains_key("iam_endpoint") => {
+        "assume_agency" => {
+            let agency = identity::agency(report, s);
+            let project = identity::project_scope(report, s);
+            TokenSource::Agency {
+                agency: agency?,
+                project: project?,
+            }
+        }
+        other => {
             report.error(
-                s.key_path("iam_endpoint"),
-                "is required (or give region = \"cn-north-4\" for https://iam.cn-north-4.myhuaweicloud.com)",
+                s.key_path("source"),
+                format!(
+                    "must be \"password\" (the default), \"oidc\" or \"assume_agency\", not {other:?}"
+                ),
             );
-            None
+            return None;
         }
-        _ => None,
     };
+    Some(TokenSpec {
+        source,
+        refresh_margin,
+        max_wait,
+    })
+}
+
+/// An IAM user's password, domain and project.
+fn password_token(
+    report: &mut Report,
+    s: &Section<'_>,
+    sources: &dyn Sources,
+) -> Option<TokenRequest> {
+    let iam_endpoint = identity::iam_given(report, s);
+    if iam_endpoint.is_none()
+        && !s.table.contains_key("iam_endpoint")
+        && !s.table.contains_key("region")
+    {
+        report.error(
+            s.key_path("iam_endpoint"),
+            "is required (or give region = \"cn-north-4\" for https://iam.cn-north-4.myhuaweicloud.com)",
+        );
+    }
     let user = s.require(report, "user", |r| s.str(r, "user"));
     let domain = s.require(report, "domain", |r| s.str(r, "domain"));
     let password = s.require(report, "password", |r| secret_source(r, s, "password"));
     if let Some(src) = &password {
         resolve_now(report, s, "password", src, sources);
     }
-    let project = match (
-        s.str(report, "project"),
-        s.str(report, "project_id"),
-        region,
-    ) {
-        (Some(name), None, _) => Some(ProjectScope::Name(name.to_owned())),
-        (None, Some(id), _) => Some(ProjectScope::Id(id.to_owned())),
-        // A project's name is its region's name.
-        (None, None, Some(region)) => Some(ProjectScope::Name(region.to_owned())),
-        (None, None, None) => {
-            report.error(
-                s.key_path("project"),
-                "is required (the project name, e.g. \"cn-north-4\"), or give project_id",
-            );
-            None
-        }
-        (Some(_), Some(_), _) => {
-            report.error(&s.path, "give project or project_id, not both");
-            None
-        }
-    };
-    let refresh_margin = s
-        .duration(report, "refresh_margin")
-        .unwrap_or(DEFAULT_REFRESH_MARGIN);
-    let max_wait = s.duration(report, "max_wait").unwrap_or(DEFAULT_MAX_WAIT);
-    Some(TokenSpec {
-        request: TokenRequest {
-            iam_endpoint: iam_endpoint?,
-            user: user?.to_owned(),
-            password: password?,
-            domain: domain?.to_owned(),
-            project: project?,
-        },
-        refresh_margin,
-        max_wait,
+    let project = identity::project_scope(report, s);
+    Some(TokenRequest {
+        iam_endpoint: iam_endpoint?,
+        user: user?.to_owned(),
+        password: password?,
+        domain: domain?.to_owned(),
+        project: project?,
     })
 }
 
@@ -379,42 +552,78 @@ pub fn secret_source(report: &mut Report, s: &Section<'_>, key: &str) -> Option<
 
 fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<Credentials> {
     check_keys(report, s.table, &s.path, AKSK_KEYS);
-    let project_id = s.str(report, "project_id").map(str::to_owned);
     let breaker_cooldown = s
         .duration(report, "breaker_cooldown")
         .unwrap_or(DEFAULT_BREAKER_COOLDOWN);
     let source = s.str(report, "source");
     let csv = s.str(report, "csv");
     let has_keys = s.get("access_key").is_some() || s.get("secret_key").is_some();
-    for key in ["metadata_endpoint", "refresh_margin", "max_wait"] {
-        if source != Some("metadata") && s.table.contains_key(key) {
-            report.error(s.key_path(key), "only applies to source = \"metadata\"");
-        }
-    }
+    identity::only_for(
+        report,
+        s,
+        source.unwrap_or("keys"),
+        identity::AKSK_SOURCE_KEYS,
+    );
+    let temporary = |report: &mut Report, source: TemporarySource, chosen: Option<String>| {
+        Some(Credentials::Temporary(identity::temporary_spec(
+            report,
+            s,
+            source,
+            chosen,
+            breaker_cooldown,
+        )))
+    };
+    let fixed = |report: &mut Report, key_source: KeySource| {
+        fixed_key(report, s, sources, key_source, breaker_cooldown)
+    };
     let key_source = match (source, csv, has_keys) {
-        (Some("metadata"), None, false) => {
-            let endpoint = match s.get("metadata_endpoint") {
-                Some(_) => url(report, s, "metadata_endpoint"),
-                None => DEFAULT_METADATA_ENDPOINT.parse().ok(),
+        (Some(source), None, false) if source != "env" => {
+            let source = match source {
+                "auto" => {
+                    let chosen = |r: &mut Report, source, how| temporary(r, source, Some(how));
+                    return identity::auto(report, s, sources, chosen, fixed);
+                }
+                "metadata" => {
+                    let endpoint = match s.get("metadata_endpoint") {
+                        Some(_) => url(report, s, "metadata_endpoint"),
+                        None => DEFAULT_METADATA_ENDPOINT.parse().ok(),
+                    };
+                    TemporarySource::Metadata {
+                        endpoint: endpoint?,
+                    }
+                }
+                "pod_identity" => {
+                    TemporarySource::PodIdentity(identity::pod_identity(report, s, sources)?)
+                }
+                "oidc" => {
+                    let oidc = identity::oidc(report, s, sources);
+                    let duration = identity::duration(report, s);
+                    TemporarySource::Oidc {
+                        oidc: oidc?,
+                        duration,
+                    }
+                }
+                "assume_agency" => {
+                    let agency = identity::agency(report, s);
+                    let duration = identity::duration(report, s);
+                    TemporarySource::Agency {
+                        agency: agency?,
+                        duration,
+                    }
+                }
+                other => {
+                    report.error(
+                        s.key_path("source"),
+                        format!(
+                            "must be \"env\", \"metadata\", \"pod_identity\", \"oidc\", \"assume_agency\" or \"auto\", not {other:?}"
+                        ),
+                    );
+                    return None;
+                }
             };
-            return Some(Credentials::Metadata(MetadataSpec {
-                endpoint: endpoint?,
-                project_id,
-                refresh_margin: s
-                    .duration(report, "refresh_margin")
-                    .unwrap_or(DEFAULT_REFRESH_MARGIN),
-                max_wait: s.duration(report, "max_wait").unwrap_or(DEFAULT_MAX_WAIT),
-                breaker_cooldown,
-            }));
+            return temporary(report, source, None);
         }
-        (Some("env"), None, false) => KeySource::SdkChain,
-        (Some(other), None, false) => {
-            report.error(
-                s.key_path("source"),
-                format!("must be \"env\" or \"metadata\", not {other:?}"),
-            );
-            return None;
-        }
+        (Some(_), None, false) => KeySource::SdkChain,
         (None, Some(path), false) => KeySource::Csv(PathBuf::from(path)),
         (None, None, _) => {
             let ak = s.require(report, "access_key", |r| secret_source(r, s, "access_key"));
@@ -429,11 +638,23 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
         _ => {
             report.error(
                 &s.path,
-                "give the key one way only: access_key + secret_key, csv = \"…\", or source = \"env\" / \"metadata\"",
+                "give the key one way only: access_key + secret_key, csv = \"…\", or a source",
             );
             return None;
         }
     };
+    fixed(report, key_source)
+}
+
+/// A long-lived key, read now so that `check` reports a missing one.
+fn fixed_key(
+    report: &mut Report,
+    s: &Section<'_>,
+    sources: &dyn Sources,
+    key_source: KeySource,
+    breaker_cooldown: Duration,
+) -> Option<Credentials> {
+    let project_id = s.str(report, "project_id").map(str::to_owned);
     match key_source.resolve(sources, project_id) {
         Ok(current) => Some(Credentials::AkSk(AkSkSpec {
             current,
@@ -442,6 +663,44 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
         })),
         Err(problems) => {
             for (key, message) in problems {
+                report.error(s.key_path(key), message);
+            }
+            None
+        }
+    }
+}
+
+/// `type = "app"`: an APIG App's AppKey and AppSecret, which sign requests
+/// exactly as an AK/SK does.
+fn app(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<Credentials> {
+    check_keys(report, s.table, &s.path, APP_KEYS);
+    let breaker_cooldown = s
+        .duration(report, "breaker_cooldown")
+        .unwrap_or(DEFAULT_BREAKER_COOLDOWN);
+    let key = s.require(report, "app_key", |r| secret_source(r, s, "app_key"));
+    let secret = s.require(report, "app_secret", |r| secret_source(r, s, "app_secret"));
+    let key_source = KeySource::Keys {
+        access_key: key?,
+        secret_key: secret?,
+        security_token: None,
+    };
+    let project_id = s.str(report, "project_id").map(str::to_owned);
+    match key_source.resolve(sources, project_id) {
+        Ok(mut current) => {
+            current.origin = "an APIG App's AppKey/AppSecret".to_owned();
+            Some(Credentials::AkSk(AkSkSpec {
+                current,
+                source: key_source,
+                breaker_cooldown,
+            }))
+        }
+        Err(problems) => {
+            for (key, message) in problems {
+                let key = match key {
+                    "access_key" => "app_key",
+                    "secret_key" => "app_secret",
+                    other => other,
+                };
                 report.error(s.key_path(key), message);
             }
             None

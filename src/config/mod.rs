@@ -5,15 +5,17 @@
 //! collecting *every* problem with its key path. The runtime never sees TOML.
 
 pub mod credentials;
+pub mod identity;
 pub mod server;
 pub mod traffic;
 pub mod upstream;
 pub mod walk;
 
 pub use credentials::{
-    AkSkSpec, ApiKeySpec, Credentials, DEFAULT_APP_CODE_HEADER, DEFAULT_BREAKER_COOLDOWN,
-    DEFAULT_MAX_WAIT, DEFAULT_METADATA_ENDPOINT, DEFAULT_REFRESH_MARGIN, KeySource, MetadataSpec,
-    ProjectScope, ResolvedKey, TokenRequest, TokenSpec, api_key_value, secret_source,
+    AgencySpec, AkSkSpec, ApiKeySpec, Base, Credentials, DEFAULT_APP_CODE_HEADER,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_MAX_WAIT, DEFAULT_METADATA_ENDPOINT, DEFAULT_REFRESH_MARGIN,
+    KeySource, OidcSpec, PodIdentitySpec, ProjectScope, ResolvedKey, TemporarySource,
+    TemporarySpec, TokenRequest, TokenSource, TokenSpec, api_key_value, secret_source,
 };
 pub use server::{
     DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, Listen,
@@ -267,6 +269,8 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
             }
         }
     }
+
+    identity::settle_bases(&mut report, &mut credentials);
 
     let mut routes = Vec::new();
     match table.get("route") {

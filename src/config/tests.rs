@@ -201,12 +201,15 @@ metadata_endpoint = "http://127.0.0.1:9/openstack/latest/securitykey"
     let Credentials::Token(t) = &c.credentials["iam"] else {
         panic!()
     };
+    let TokenSource::Password(request) = &t.source else {
+        panic!()
+    };
     assert_eq!(
-        t.request.iam_endpoint.to_string(),
+        request.iam_endpoint.to_string(),
         "https://iam.cn-north-4.myhuaweicloud.com/"
     );
     assert_eq!(
-        t.request.project,
+        request.project,
         ProjectScope::Name("cn-north-4".into()),
         "the project defaults to the region"
     );
@@ -215,7 +218,10 @@ metadata_endpoint = "http://127.0.0.1:9/openstack/latest/securitykey"
     let Credentials::Token(t) = &c.credentials["byid"] else {
         panic!()
     };
-    assert_eq!(t.request.project, ProjectScope::Id("0a1b".into()));
+    let TokenSource::Password(request) = &t.source else {
+        panic!()
+    };
+    assert_eq!(request.project, ProjectScope::Id("0a1b".into()));
     let Credentials::ApiKey(k) = &c.credentials["pangu"] else {
         panic!()
     };
@@ -231,11 +237,15 @@ metadata_endpoint = "http://127.0.0.1:9/openstack/latest/securitykey"
         (k.header.as_str(), k.current.to_str().unwrap()),
         ("authorization", "Bearer app-code-1")
     );
-    let Credentials::Metadata(m) = &c.credentials["ecs"] else {
+    let Credentials::Temporary(TemporarySpec {
+        source: TemporarySource::Metadata { endpoint },
+        ..
+    }) = &c.credentials["ecs"]
+    else {
         panic!()
     };
     assert_eq!(
-        m.endpoint.to_string(),
+        endpoint.to_string(),
         "http://127.0.0.1:9/openstack/latest/securitykey"
     );
     assert!(

@@ -102,7 +102,7 @@ fn credential(name: &str, p: &Provider) -> Value {
                 Some(breaker.is_open()),
             )
         }
-        Provider::Metadata { creds, breaker, .. } => {
+        Provider::Temporary { creds, breaker, .. } => {
             let c = creds.current();
             (
                 "aksk (temporary)",

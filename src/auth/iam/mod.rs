@@ -1,32 +1,27 @@
 //! IAM tokens: `POST {iam}/v3/auth/tokens?nocatalog=true` with the password
 //! method and a project scope. The token is the `X-Subject-Token` header of a
 //! 201; `token.expires_at` in the body says when it expires (24 h).
+//!
+//! The other IAM flows (DESIGN §11) are beside it: [`oidc`] (an id token an
+//! identity provider trusts) and [`agency`] (an agency in another account),
+//! all through [`call`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{HeaderValue, Method, Request, header};
-use http_body_util::{BodyExt, Limited};
+use http::HeaderValue;
 
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use crate::client::HttpClient;
 use crate::clock::{Clock, Skew};
 use crate::credentials::Sources;
-use crate::error::{chain, full};
 
-/// One IAM call gives up after this long (IAM answers in well under a second).
-const IAM_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A token answer with `nocatalog=true` is a few KB; the catalog can add
-/// hundreds. Anything larger is not a token answer.
-const MAX_ANSWER: usize = 4 * 1024 * 1024;
-
-/// IAM error bodies are echoed into messages up to this many characters.
-const MAX_ERROR_TEXT: usize = 300;
+pub mod agency;
+pub mod call;
+pub mod oidc;
 
 pub use crate::config::{ProjectScope, TokenRequest};
+use call::Auth;
 
 /// `{iam}/v3/auth/tokens?nocatalog=true`
 fn token_url(request: &TokenRequest) -> String {
@@ -114,81 +109,19 @@ pub async fn fetch_token(
     sources: &dyn Sources,
     skew: Option<&SkewProbe>,
 ) -> Result<Expiring<Token>, FetchError> {
-    let who = request.describe();
+    let step = format!("a token for {}", request.describe());
     // Read at every fetch, so a rotated password file is picked up.
     let password = request.password.resolve(sources).map_err(|e| FetchError {
-        message: format!("cannot read the IAM password for {who}: {e}"),
+        message: format!(
+            "cannot read the IAM password for {}: {e}",
+            request.describe()
+        ),
         permanent: true,
     })?;
     let url = token_url(request);
-    let http_request = Request::builder()
-        .method(Method::POST)
-        .uri(&url)
-        .header(header::CONTENT_TYPE, "application/json;charset=utf8")
-        .body(full(token_body(request, password.expose())))
-        .map_err(|e| FetchError {
-            message: format!("invalid IAM URL {url}: {e}"),
-            permanent: true,
-        })?;
-    let response = match tokio::time::timeout(IAM_TIMEOUT, client.request(http_request)).await {
-        Err(_) => {
-            return Err(FetchError {
-                message: format!(
-                    "IAM at {url} did not answer within {}s (for {who})",
-                    IAM_TIMEOUT.as_secs()
-                ),
-                permanent: false,
-            });
-        }
-        Ok(Err(e)) => {
-            return Err(FetchError {
-                message: format!("cannot reach IAM at {url}: {}", chain(&e)),
-                permanent: false,
-            });
-        }
-        Ok(Ok(r)) => r,
-    };
-    if let Some(probe) = skew {
-        probe.observe(response.headers(), "IAM");
-    }
-    let status = response.status();
-    let token = response.headers().get("x-subject-token").cloned();
-    let body: Bytes = tokio::time::timeout(
-        IAM_TIMEOUT,
-        Limited::new(response.into_body(), MAX_ANSWER).collect(),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .map(|b| b.to_bytes())
-    .unwrap_or_default();
-    if status != http::StatusCode::CREATED {
-        // 4xx other than 429 will not heal by retrying: retried slowly.
-        let permanent = status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS;
-        return Err(FetchError {
-            message: format!(
-                "IAM refused a token for {who}: HTTP {}: {}",
-                status.as_u16(),
-                iam_error_text(&body)
-            ),
-            permanent,
-        });
-    }
-    let Some(mut header) = token else {
-        return Err(FetchError {
-            message: format!("IAM answered 201 for {who} but sent no X-Subject-Token header"),
-            permanent: false,
-        });
-    };
-    header.set_sensitive(true);
-    let expires_at = parse_expires_at(&body).map_err(|e| FetchError {
-        message: format!("IAM answered 201 for {who} but {e}"),
-        permanent: false,
-    })?;
-    Ok(Expiring {
-        value: Token { header },
-        expires_at,
-    })
+    let body = token_body(request, password.expose());
+    let answer = call::post(client, &url, &[], Auth::None, body, skew, &step).await?;
+    call::token_of(answer, &step)
 }
 
 /// `token.expires_at` from IAM's body, with or without fractional seconds
@@ -211,24 +144,6 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
             chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc())
         })
         .map_err(|_| format!("expires_at {text:?} is not an RFC 3339 time"))
-}
-
-/// What IAM said: `error.message` from its JSON, else the start of the body.
-fn iam_error_text(body: &[u8]) -> String {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let message = parsed.as_ref().and_then(|v| {
-        v["error"]["message"]
-            .as_str()
-            .or_else(|| v["error_msg"].as_str())
-            .map(str::to_owned)
-    });
-    let text = message.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
-    let text: String = text.chars().take(MAX_ERROR_TEXT).collect();
-    if text.is_empty() {
-        "(empty body)".to_owned()
-    } else {
-        text
-    }
 }
 
 #[cfg(test)]
@@ -288,15 +203,5 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&token_body(&r, "pw")).unwrap();
         assert_eq!(v["auth"]["scope"]["project"]["id"], "0a1b");
         assert_eq!(r.describe(), "user alice in domain acme, project id 0a1b");
-    }
-
-    #[test]
-    fn iam_errors_are_quoted_briefly() {
-        assert_eq!(
-            iam_error_text(br#"{"error":{"code":401,"message":"The username or password is wrong.","title":"Unauthorized"}}"#),
-            "The username or password is wrong."
-        );
-        assert_eq!(iam_error_text(b""), "(empty body)");
-        assert_eq!(iam_error_text(&[b'x'; 1000]).len(), MAX_ERROR_TEXT);
     }
 }

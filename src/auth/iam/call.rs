@@ -1,0 +1,232 @@
+//! One bounded call to IAM, shared by every IAM flow (password, id token,
+//! security tokens, agencies): a JSON `POST`, its answer read whole within
+//! a time and size limit, and IAM's own words when it refuses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Limited};
+
+use super::{SkewProbe, Token, parse_expires_at};
+use crate::auth::aksk::{AkSkCredentials, BodyHash, Target, decorate};
+use crate::auth::refresh::{Expiring, FetchError};
+use crate::auth::temporary::parse_credential;
+use crate::client::HttpClient;
+use crate::error::{chain, full};
+use crate::signer::AkSk;
+
+/// One IAM call gives up after this long (IAM answers in well under a second).
+pub const IAM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A token answer with `nocatalog=true` is a few KB; the catalog can add
+/// hundreds. Anything larger is not a token answer.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Services' error bodies are quoted into messages up to this many characters.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// How a call proves who is asking.
+pub enum Auth<'a> {
+    /// Nothing beyond the body (a password, an id token, a token in the body).
+    None,
+    /// A token in `X-Auth-Token`.
+    Token(&'a HeaderValue),
+    /// An SDK-HMAC-SHA256 signature (with `X-Security-Token` for temporary keys).
+    Signature(&'a AkSkCredentials),
+}
+
+/// What IAM answered.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// `POST {url}` with a JSON `body` and `extra` headers. `step` names the
+/// call in errors (`a token for user alice …`); never a secret.
+pub async fn post(
+    client: &HttpClient,
+    url: &str,
+    extra: &[(HeaderName, HeaderValue)],
+    auth: Auth<'_>,
+    body: String,
+    skew: Option<&SkewProbe>,
+    step: &str,
+) -> Result<Answer, FetchError> {
+    let request = build(url, extra, auth, body).map_err(|e| FetchError {
+        message: format!("cannot ask IAM at {url} for {step}: {e}"),
+        permanent: true,
+    })?;
+    let response = match tokio::time::timeout(IAM_TIMEOUT, client.request(request)).await {
+        Err(_) => {
+            return Err(FetchError {
+                message: format!(
+                    "IAM at {url} did not answer within {}s (for {step})",
+                    IAM_TIMEOUT.as_secs()
+                ),
+                permanent: false,
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(FetchError {
+                message: format!("cannot reach IAM at {url}: {}", chain(&e)),
+                permanent: false,
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+    if let Some(probe) = skew {
+        probe.observe(response.headers(), "IAM");
+    }
+    let (parts, body) = response.into_parts();
+    let body: Bytes = tokio::time::timeout(IAM_TIMEOUT, Limited::new(body, MAX_ANSWER).collect())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+fn build(
+    url: &str,
+    extra: &[(HeaderName, HeaderValue)],
+    auth: Auth<'_>,
+    body: String,
+) -> Result<Request<crate::error::ProxyBody>, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("invalid URL ({e})"))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=utf8"),
+    );
+    for (name, value) in extra {
+        headers.insert(name.clone(), value.clone());
+    }
+    match auth {
+        Auth::None => {}
+        Auth::Token(token) => {
+            headers.insert(crate::headers::name::X_AUTH_TOKEN, token.clone());
+        }
+        Auth::Signature(creds) => {
+            let host = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            headers.insert(
+                header::HOST,
+                HeaderValue::from_str(host).map_err(|_| "invalid host".to_owned())?,
+            );
+            let target = Target {
+                method: "POST",
+                path: uri.path(),
+                query: uri.query(),
+            };
+            let now = chrono::Utc::now();
+            decorate(
+                creds,
+                target,
+                &mut headers,
+                BodyHash::Bytes(body.as_bytes()),
+                &[],
+                now,
+            )
+            .map_err(|e| format!("cannot sign the request: {e}"))?;
+        }
+    }
+    let mut request = Request::builder().method(Method::POST).uri(uri);
+    if let Some(h) = request.headers_mut() {
+        *h = headers;
+    }
+    request.body(full(body)).map_err(|e| e.to_string())
+}
+
+/// IAM said no: its status and message. 4xx other than 429 will not heal
+/// by retrying, so it is retried slowly.
+pub fn refused(answer: &Answer, step: &str) -> FetchError {
+    FetchError {
+        message: format!(
+            "IAM refused {step}: HTTP {}: {}",
+            answer.status.as_u16(),
+            service_message(&answer.body)
+        ),
+        permanent: answer.status.is_client_error()
+            && answer.status != StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
+/// A token answer: 201, the token in `X-Subject-Token`, `token.expires_at`.
+pub fn token_of(answer: Answer, step: &str) -> Result<Expiring<Token>, FetchError> {
+    if answer.status != StatusCode::CREATED {
+        return Err(refused(&answer, step));
+    }
+    let Some(mut header) = answer.headers.get("x-subject-token").cloned() else {
+        return Err(FetchError {
+            message: format!("IAM answered 201 for {step} but sent no X-Subject-Token header"),
+            permanent: false,
+        });
+    };
+    header.set_sensitive(true);
+    let expires_at = parse_expires_at(&answer.body).map_err(|e| FetchError {
+        message: format!("IAM answered 201 for {step} but {e}"),
+        permanent: false,
+    })?;
+    Ok(Expiring {
+        value: Token { header },
+        expires_at,
+    })
+}
+
+/// A temporary-key answer: 201 `{"credential":{access, secret, securitytoken, expires_at}}`.
+pub fn security_key_of(answer: Answer, step: &str) -> Result<Expiring<AkSk>, FetchError> {
+    if !answer.status.is_success() {
+        return Err(refused(&answer, step));
+    }
+    parse_credential(&answer.body).map_err(|e| FetchError {
+        message: format!("IAM answered {} for {step} but {e}", answer.status.as_u16()),
+        permanent: false,
+    })
+}
+
+/// What a service said: `error.message`, `error_msg` or `message` from its
+/// JSON, else the start of the body. Bounded.
+pub fn service_message(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v["error"]["message"]
+            .as_str()
+            .or_else(|| v["error_msg"].as_str())
+            .or_else(|| v["message"].as_str())
+            .map(str::to_owned)
+    });
+    let text = message.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+    let text: String = text.chars().take(MAX_ERROR_TEXT).collect();
+    if text.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_messages_are_quoted_briefly() {
+        assert_eq!(
+            service_message(
+                br#"{"error":{"code":401,"message":"The username or password is wrong.","title":"Unauthorized"}}"#
+            ),
+            "The username or password is wrong."
+        );
+        assert_eq!(
+            service_message(br#"{"error_code":"CCE.03400001","error_msg":"token expired"}"#),
+            "token expired"
+        );
+        assert_eq!(service_message(b""), "(empty body)");
+        assert_eq!(service_message(&[b'x'; 1000]).len(), MAX_ERROR_TEXT);
+    }
+}
