@@ -45,6 +45,23 @@ pub trait Fetch<T>: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Expiring<T>, FetchError>>;
 }
 
+/// A fetcher whose errors start with `prefix` (why it was chosen).
+pub struct Explained<F> {
+    pub inner: F,
+    pub prefix: &'static str,
+}
+
+impl<T: 'static, F: Fetch<T>> Fetch<T> for Explained<F> {
+    fn fetch(&self) -> BoxFuture<'_, Result<Expiring<T>, FetchError>> {
+        Box::pin(async move {
+            self.inner.fetch().await.map_err(|e| FetchError {
+                message: format!("{}{}", self.prefix, e.message),
+                ..e
+            })
+        })
+    }
+}
+
 /// When to refresh and retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {

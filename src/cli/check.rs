@@ -154,17 +154,25 @@ async fn fetch_expiring(state: &State) -> Vec<String> {
             } => first_fetch(token, *max_wait)
                 .await
                 .map(|t| format!("IAM token valid until {}", t.expires_at.to_rfc3339())),
+            // The AK's first 4 characters say which key without giving it away.
             Provider::Temporary {
                 creds, max_wait, ..
             } => first_fetch(creds, *max_wait).await.map(|c| {
                 format!(
-                    "temporary AK/SK {} valid until {}",
-                    c.value.key.access_key,
+                    "temporary AK/SK {}… valid until {}",
+                    c.value.key.access_key.chars().take(4).collect::<String>(),
                     c.expires_at.to_rfc3339()
                 )
             }),
             _ => continue,
         };
+        let source = state
+            .config
+            .credentials
+            .get(name)
+            .map(|c| format!(" (from {})", c.describe()))
+            .unwrap_or_default();
+        let result = result.map(|ok| format!("{ok}{source}"));
         match result {
             Ok(ok) => println!("online: [credentials.{name}]: ok, {ok}"),
             Err(e) => {

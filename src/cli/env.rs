@@ -40,9 +40,11 @@ pub(super) fn env_credentials(auth: Auth, sources: &dyn Sources) -> Option<Table
     let mut creds = Table::new();
     match auth {
         Auth::None => return None,
+        // The SDKs' chain, with CCE Pod Identity before the ECS metadata
+        // service (DESIGN §11).
         Auth::Aksk => {
             creds.insert("type".into(), "aksk".into());
-            creds.insert("source".into(), "env".into());
+            creds.insert("source".into(), "auto".into());
         }
         Auth::Apikey => {
             creds.insert("type".into(), "apikey".into());

@@ -536,3 +536,7 @@ pub(super) fn project_scope(report: &mut Report, s: &Section<'_>) -> Option<Proj
         }
     }
 }
+
+#[cfg(test)]
+#[path = "identity_tests.rs"]
+mod tests;

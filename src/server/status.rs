@@ -64,7 +64,14 @@ pub fn json(shared: &Shared, draining: bool) -> Value {
     let mut credentials: Vec<Value> = state
         .providers
         .iter()
-        .map(|(name, p)| credential(name, p))
+        .map(|(name, p)| {
+            let mut c = credential(name, p);
+            // Where it comes from, as configured (or as `auto` chose).
+            if let Some(spec) = state.config.credentials.get(name) {
+                c["source"] = spec.describe().into();
+            }
+            c
+        })
         .collect();
     credentials.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let errors: Vec<Value> = shared
@@ -106,7 +113,8 @@ fn credential(name: &str, p: &Provider) -> Value {
             let c = creds.current();
             (
                 "aksk (temporary)",
-                "the ECS metadata service".to_owned(),
+                c.as_ref()
+                    .map_or_else(String::new, |c| c.value.origin.clone()),
                 c.as_ref().map(|c| prefix(&c.value.key.access_key)),
                 c.as_ref().map(|c| c.expires_at),
                 creds.last_error().map(|e| e.message),
