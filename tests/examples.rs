@@ -10,7 +10,11 @@ use modelarts_proxy::credentials::Sources;
 struct Everything;
 
 impl Sources for Everything {
-    fn env(&self, _: &str) -> Option<String> {
+    fn env(&self, name: &str) -> Option<String> {
+        // Endpoints must be URLs (e.g. CCE's HC_CONTAINER_CREDENTIALS_FULL_URI).
+        if name.ends_with("_URI") || name.ends_with("_ENDPOINT") {
+            return Some("http://127.0.0.1:9/placeholder".into());
+        }
         Some("placeholder".into())
     }
     fn read_file(&self, _: &Path) -> std::io::Result<String> {
@@ -72,6 +76,29 @@ fn the_reference_config_shows_every_route_key() {
         assert!(
             shown,
             "config/modelarts-proxy.toml does not show route.{key}"
+        );
+    }
+}
+
+#[test]
+fn the_reference_config_shows_every_credentials_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/modelarts-proxy.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let all = [
+        config::credentials::AKSK_KEYS,
+        config::credentials::TOKEN_KEYS,
+        config::credentials::APIKEY_KEYS,
+        config::credentials::APP_KEYS,
+    ];
+    for key in all.into_iter().flatten() {
+        // `iam_endpoint / region` in a comment counts for both.
+        let shown = text.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key} /"))
+        });
+        assert!(
+            shown,
+            "config/modelarts-proxy.toml does not show a credentials key {key}"
         );
     }
 }
