@@ -29,6 +29,8 @@ pub const ENV_REGION: &str = "HUAWEICLOUD_SDK_REGION";
 pub const ENV_IDP_ID: &str = "HUAWEICLOUD_SDK_IDP_ID";
 /// SDK convention: the file holding the OIDC id token (re-read at every use).
 pub const ENV_ID_TOKEN_FILE: &str = "HUAWEICLOUD_SDK_ID_TOKEN_FILE";
+/// SDK convention: the IAM5 STS endpoint.
+pub const ENV_STS_ENDPOINT: &str = "HUAWEICLOUD_SDK_STS_ENDPOINT";
 /// CCE Pod Identity: where the pod's temporary credentials are issued.
 pub const ENV_POD_IDENTITY_URI: &str = "HC_CONTAINER_CREDENTIALS_FULL_URI";
 /// CCE Pod Identity: the projected service-account token sent to it.

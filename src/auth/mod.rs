@@ -11,6 +11,7 @@ pub mod inject;
 pub mod metadata;
 pub mod pod_identity;
 pub mod refresh;
+pub mod sts;
 pub mod temporary;
 pub mod watched;
 
@@ -350,6 +351,20 @@ fn start_temporary(
             (
                 Refreshing::start(label.clone(), fetcher, policy, clock, observe),
                 None,
+            )
+        }
+        TemporarySource::StsOidc { sts, duration } => {
+            let fetcher = sts::StsOidcFetcher {
+                spec: sts.clone(),
+                duration: *duration,
+                project_id,
+                client: cx.client.clone(),
+                sources: cx.sources.clone(),
+            };
+            let file = Some(sts.id_token_file.clone());
+            (
+                Refreshing::start(label.clone(), fetcher, policy, clock, observe),
+                file,
             )
         }
     };

@@ -9,23 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http::{HeaderValue, StatusCode, header};
 
 use super::aksk::AkSkCredentials;
-use super::iam::call::service_message;
+use super::iam::call::{self, Auth, Call, service_message};
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
 use super::temporary::parse_credential;
 use crate::client::HttpClient;
 use crate::config::PodIdentitySpec;
 use crate::credentials::Sources;
-use crate::error::{chain, full};
 
 /// The SDKs give the Pod Identity endpoint 5 s to connect and 5 s to answer.
 const POD_IDENTITY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An answer is well under 2 KB.
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// Fetches the pod's temporary AK/SK.
 pub struct PodIdentityFetcher {
@@ -69,45 +64,18 @@ impl PodIdentityFetcher {
 
     /// One request to the endpoint; its answer parsed.
     pub async fn fetch_key(&self) -> Result<Expiring<crate::signer::AkSk>, FetchError> {
-        let endpoint = &self.spec.endpoint;
+        let endpoint = self.spec.endpoint.to_string();
         let token = self.service_account_token()?;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/json;charset=utf-8")
-            .header(header::AUTHORIZATION, token)
-            .body(full("{}"))
-            .map_err(|e| FetchError {
-                message: format!("invalid Pod Identity endpoint {endpoint}: {e}"),
-                permanent: true,
-            })?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| FetchError {
-                message: format!("cannot reach CCE Pod Identity at {endpoint}: {}", chain(&e)),
-                permanent: false,
-            })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| FetchError {
-                    message: format!(
-                        "reading the answer of CCE Pod Identity at {endpoint} failed: {e}"
-                    ),
-                    permanent: false,
-                })?
-                .to_bytes();
-            Ok::<_, FetchError>((status, body))
+        let call = Call {
+            service: "CCE Pod Identity",
+            url: &endpoint,
+            step: "the pod's temporary AK/SK",
+            timeout: POD_IDENTITY_TIMEOUT,
+            skew: None,
         };
-        let (status, body) = tokio::time::timeout(POD_IDENTITY_TIMEOUT, exchange)
-            .await
-            .map_err(|_| FetchError {
-                message: format!(
-                    "CCE Pod Identity at {endpoint} did not answer within {}s",
-                    POD_IDENTITY_TIMEOUT.as_secs()
-                ),
-                permanent: false,
-            })??;
+        let headers = [(header::AUTHORIZATION, token)];
+        let answer = call::post(&self.client, &call, &headers, Auth::None, "{}".to_owned()).await?;
+        let status = answer.status;
         if status != StatusCode::OK {
             let hint = match status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -119,12 +87,12 @@ impl PodIdentityFetcher {
                 message: format!(
                     "CCE Pod Identity at {endpoint} answered HTTP {}: {}{hint}",
                     status.as_u16(),
-                    service_message(&body)
+                    service_message(&answer.body)
                 ),
                 permanent: status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS,
             });
         }
-        parse_credential(&body).map_err(|e| FetchError {
+        parse_credential(&answer.body).map_err(|e| FetchError {
             message: format!("CCE Pod Identity at {endpoint} answered, but {e}"),
             permanent: false,
         })

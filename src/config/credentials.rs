@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use toml::Value;
 
 use super::identity::{self as identity};
-pub use super::identity::{AgencySpec, Base, OidcSpec, PodIdentitySpec};
+pub use super::identity::{AgencySpec, Base, OidcSpec, PodIdentitySpec, StsOidcSpec};
 use super::walk::{Report, Section, check_keys, type_name};
 use crate::credentials::{self, SecretSource, Sources};
 use crate::secret::Secret;
@@ -127,6 +127,8 @@ pub enum TemporarySource {
         agency: AgencySpec,
         duration: Duration,
     },
+    /// IAM5 STS, for an agency that trusts an OIDC identity provider.
+    StsOidc { sts: StsOidcSpec, duration: Duration },
 }
 
 impl TemporarySource {
@@ -152,6 +154,12 @@ impl TemporarySource {
                 "temporary AK/SK from IAM {} for {}",
                 agency.iam_endpoint,
                 agency.describe()
+            ),
+            TemporarySource::StsOidc { sts, .. } => format!(
+                "temporary AK/SK from IAM STS {} for agency {} (id token file {})",
+                sts.sts_endpoint,
+                sts.agency_urn,
+                sts.id_token_file.display()
             ),
         }
     }
@@ -313,6 +321,10 @@ pub const AKSK_KEYS: &[&str] = &[
     "base",
     "domain_name",
     "agency_name",
+    "sts_endpoint",
+    "provider_urn",
+    "agency_urn",
+    "agency_session_name",
 ];
 /// The keys of a token table.
 pub const TOKEN_KEYS: &[&str] = &[
@@ -611,11 +623,15 @@ fn aksk(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<C
                         duration,
                     }
                 }
+                "assume_agency_with_oidc" => {
+                    let (sts, duration) = identity::sts_oidc(report, s, sources)?;
+                    TemporarySource::StsOidc { sts, duration }
+                }
                 other => {
                     report.error(
                         s.key_path("source"),
                         format!(
-                            "must be \"env\", \"metadata\", \"pod_identity\", \"oidc\", \"assume_agency\" or \"auto\", not {other:?}"
+                            "must be \"env\", \"metadata\", \"pod_identity\", \"oidc\", \"assume_agency\", \"assume_agency_with_oidc\" or \"auto\", not {other:?}"
                         ),
                     );
                     return None;

@@ -17,7 +17,7 @@ use super::credentials::{
 use super::walk::{Report, Section};
 use crate::credentials::{
     ENV_AK, ENV_IAM_ENDPOINT, ENV_ID_TOKEN_FILE, ENV_IDP_ID, ENV_POD_IDENTITY_TOKEN_FILE,
-    ENV_POD_IDENTITY_URI, ENV_REGION, ENV_SK, Profile, Sources, read_profile,
+    ENV_POD_IDENTITY_URI, ENV_REGION, ENV_SK, ENV_STS_ENDPOINT, Profile, Sources, read_profile,
 };
 
 /// IAM's global endpoint: the SDKs' default when no region is named.
@@ -57,6 +57,26 @@ pub struct AgencySpec {
     pub agency_name: String,
 }
 
+/// IAM5 STS `AssumeAgencyWithOIDC`: an agency that trusts an OIDC identity
+/// provider, assumed with the id token alone (no IAM token step).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsOidcSpec {
+    /// `https://sts.{region}.myhuaweicloud.com`
+    pub sts_endpoint: Uri,
+    /// `iam::{account id}:oidcProvider:{name}`
+    pub provider_urn: String,
+    /// `iam::{account id}:agency:{name}`
+    pub agency_urn: String,
+    pub session_name: String,
+    pub id_token_file: PathBuf,
+}
+
+/// STS issues AK/SK for 15 minutes to 12 hours; 1 hour unless asked.
+pub const STS_MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
+pub const STS_DEFAULT_DURATION: Duration = Duration::from_secs(3600);
+/// The session name STS records when none is configured.
+pub const DEFAULT_SESSION_NAME: &str = "modelarts-proxy";
+
 /// What an agency's base gives IAM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {
@@ -69,24 +89,38 @@ pub enum Base {
     Signature,
 }
 
+/// Every source of temporary AK/SK.
+const TEMPORARY: &[&str] = &[
+    "metadata",
+    "pod_identity",
+    "oidc",
+    "assume_agency",
+    "assume_agency_with_oidc",
+    "auto",
+];
+
 /// The keys each source of an AK/SK table may have, beyond those of every table.
 pub(super) const AKSK_SOURCE_KEYS: &[(&str, &[&str])] = &[
     ("metadata_endpoint", &["metadata", "auto"]),
-    (
-        "refresh_margin",
-        &["metadata", "pod_identity", "oidc", "assume_agency", "auto"],
-    ),
-    (
-        "max_wait",
-        &["metadata", "pod_identity", "oidc", "assume_agency", "auto"],
-    ),
+    ("refresh_margin", TEMPORARY),
+    ("max_wait", TEMPORARY),
     ("endpoint", &["pod_identity"]),
     ("token_file", &["pod_identity"]),
     ("idp_id", &["oidc"]),
-    ("id_token_file", &["oidc"]),
+    ("id_token_file", &["oidc", "assume_agency_with_oidc"]),
     ("iam_endpoint", &["oidc", "assume_agency", "auto"]),
-    ("region", &["oidc", "assume_agency", "auto"]),
-    ("duration", &["oidc", "assume_agency", "auto"]),
+    (
+        "region",
+        &["oidc", "assume_agency", "auto", "assume_agency_with_oidc"],
+    ),
+    (
+        "duration",
+        &["oidc", "assume_agency", "auto", "assume_agency_with_oidc"],
+    ),
+    ("sts_endpoint", &["assume_agency_with_oidc"]),
+    ("provider_urn", &["assume_agency_with_oidc"]),
+    ("agency_urn", &["assume_agency_with_oidc"]),
+    ("agency_session_name", &["assume_agency_with_oidc"]),
     ("base", &["assume_agency"]),
     ("domain_name", &["assume_agency"]),
     ("agency_name", &["assume_agency"]),
@@ -124,20 +158,91 @@ pub(super) fn only_for(
 
 /// `duration`: the lifetime asked for temporary AK/SK.
 pub(super) fn duration(report: &mut Report, s: &Section<'_>) -> Duration {
+    bounded_duration(report, s, MAX_DURATION, DEFAULT_DURATION, "IAM issues: 15m to 24h")
+}
+
+fn bounded_duration(
+    report: &mut Report,
+    s: &Section<'_>,
+    max: Duration,
+    default: Duration,
+    range: &str,
+) -> Duration {
     match s.duration(report, "duration") {
-        Some(d) if (MIN_DURATION..=MAX_DURATION).contains(&d) => d,
+        Some(d) if (MIN_DURATION..=max).contains(&d) => d,
         Some(d) => {
             report.error(
                 s.key_path("duration"),
-                format!(
-                    "{} is outside what IAM issues: 15m to 24h",
-                    humantime::format_duration(d)
-                ),
+                format!("{} is outside what {range}", humantime::format_duration(d)),
             );
-            DEFAULT_DURATION
+            default
         }
-        None => DEFAULT_DURATION,
+        None => default,
     }
+}
+
+/// `source = "assume_agency_with_oidc"` (IAM5 STS).
+pub(super) fn sts_oidc(
+    report: &mut Report,
+    s: &Section<'_>,
+    sources: &dyn Sources,
+) -> Option<(StsOidcSpec, Duration)> {
+    let sts_endpoint = if s.table.contains_key("sts_endpoint") {
+        url(report, s, "sts_endpoint")
+    } else if let Some(region) = s.str(report, "region") {
+        let endpoint = format!("https://sts.{region}.myhuaweicloud.com").parse::<Uri>();
+        match (region_endpoint(region), endpoint) {
+            (Some(_), Ok(u)) => Some(u),
+            _ => {
+                report.error(
+                    s.key_path("region"),
+                    format!("{region:?} is not a region name such as \"cn-north-4\""),
+                );
+                None
+            }
+        }
+    } else {
+        let env = sources
+            .env(ENV_STS_ENDPOINT)
+            .map(|v| v.trim().to_owned())
+            .and_then(|v| v.parse::<Uri>().ok())
+            .filter(|u| u.scheme().is_some() && u.authority().is_some());
+        if env.is_none() {
+            report.error(
+                s.key_path("sts_endpoint"),
+                format!("is required (or give region = \"cn-north-4\" for https://sts.cn-north-4.myhuaweicloud.com, or set {ENV_STS_ENDPOINT})"),
+            );
+        }
+        env
+    };
+    let provider_urn = s.require(report, "provider_urn", |r| s.str(r, "provider_urn"));
+    let agency_urn = s.require(report, "agency_urn", |r| s.str(r, "agency_urn"));
+    let session_name = s
+        .str(report, "agency_session_name")
+        .unwrap_or(DEFAULT_SESSION_NAME);
+    if !(2..=128).contains(&session_name.chars().count()) {
+        report.error(
+            s.key_path("agency_session_name"),
+            "must be 2 to 128 characters long",
+        );
+    }
+    let why = "the file that holds the OIDC id token, e.g. a projected service-account token";
+    let id_token_file = key_or_env(report, s, sources, "id_token_file", ENV_ID_TOKEN_FILE, why);
+    let duration = bounded_duration(
+        report,
+        s,
+        STS_MAX_DURATION,
+        STS_DEFAULT_DURATION,
+        "STS issues: 15m to 12h",
+    );
+    let spec = StsOidcSpec {
+        sts_endpoint: sts_endpoint?,
+        provider_urn: provider_urn?.to_owned(),
+        agency_urn: agency_urn?.to_owned(),
+        session_name: session_name.to_owned(),
+        id_token_file: PathBuf::from(id_token_file?),
+    };
+    Some((spec, duration))
 }
 
 /// `iam_endpoint`, else `region`'s endpoint; `None` when neither is given

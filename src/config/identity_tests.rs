@@ -402,3 +402,46 @@ fn auto_ends_at_the_metadata_service() {
     );
     assert!(chosen.unwrap().contains("ECS metadata"));
 }
+
+#[test]
+fn sts_takes_urns_an_id_token_and_a_region() {
+    let table = r#"type = "aksk"
+source = "assume_agency_with_oidc"
+provider_urn = "iam::01:oidcProvider:c"
+agency_urn = "iam::01:agency:a"
+id_token_file = "/id"
+region = "cn-north-4"
+"#;
+    let (source, _) = temporary(with(table, &FakeSources::default()).unwrap());
+    assert_eq!(
+        source,
+        TemporarySource::StsOidc {
+            sts: StsOidcSpec {
+                sts_endpoint: "https://sts.cn-north-4.myhuaweicloud.com".parse().unwrap(),
+                provider_urn: "iam::01:oidcProvider:c".into(),
+                agency_urn: "iam::01:agency:a".into(),
+                session_name: DEFAULT_SESSION_NAME.into(),
+                id_token_file: "/id".into(),
+            },
+            duration: STS_DEFAULT_DURATION,
+        }
+    );
+    let errors = with(
+        "type = \"aksk\"\nsource = \"assume_agency_with_oidc\"\nduration = \"13h\"\nagency_session_name = \"x\"",
+        &FakeSources::default(),
+    )
+    .unwrap_err();
+    for want in [
+        "credentials.c.agency_session_name: must be 2 to 128 characters long",
+        "credentials.c.agency_urn: is required",
+        "credentials.c.duration: 13h is outside what STS issues: 15m to 12h",
+        "credentials.c.id_token_file: is required: HUAWEICLOUD_SDK_ID_TOKEN_FILE is not set",
+        "credentials.c.provider_urn: is required",
+        "credentials.c.sts_endpoint: is required",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+}

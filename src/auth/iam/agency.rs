@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::call::{self, Auth};
+use super::call::{self, Auth, Call};
 use super::oidc::{OidcExchange, SECURITY_TOKENS_PATH, iam_url, scope_json};
 use super::{ProjectScope, SkewProbe, Token};
 use crate::auth::aksk::AkSkCredentials;
@@ -133,12 +133,10 @@ impl AgencyFetcher {
         let url = iam_url(&self.spec.iam_endpoint, "/v3/auth/tokens?nocatalog=true");
         let answer = call::post(
             &self.client,
-            &url,
+            &Call::iam(&url, &step, self.skew.as_ref()),
             &[],
             Auth::Token(&token),
             body,
-            self.skew.as_ref(),
-            &step,
         )
         .await?;
         call::token_of(answer, &step)
@@ -160,12 +158,10 @@ impl AgencyFetcher {
         let url = iam_url(&self.spec.iam_endpoint, SECURITY_TOKENS_PATH);
         let answer = call::post(
             &self.client,
-            &url,
+            &Call::iam(&url, &step, self.skew.as_ref()),
             &[],
             auth,
             body,
-            self.skew.as_ref(),
-            &step,
         )
         .await?;
         call::security_key_of(answer, &step)

@@ -43,54 +43,83 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// `POST {url}` with a JSON `body` and `extra` headers. `step` names the
-/// call in errors (`a token for user alice …`); never a secret.
+/// Where a call goes and what it is for, for errors (never a secret).
+pub struct Call<'a> {
+    /// `IAM`, `CCE Pod Identity`, `IAM STS`.
+    pub service: &'a str,
+    pub url: &'a str,
+    /// What is asked: `a token for user alice …`.
+    pub step: &'a str,
+    /// For the whole exchange, answer included.
+    pub timeout: Duration,
+    /// Where to report the service's clock.
+    pub skew: Option<&'a SkewProbe>,
+}
+
+impl Call<'_> {
+    /// An IAM call with IAM's time limit.
+    pub fn iam<'a>(url: &'a str, step: &'a str, skew: Option<&'a SkewProbe>) -> Call<'a> {
+        Call {
+            service: "IAM",
+            url,
+            step,
+            timeout: IAM_TIMEOUT,
+            skew,
+        }
+    }
+}
+
+/// `POST` a JSON `body` with `extra` headers, bounded in time and size.
 pub async fn post(
     client: &HttpClient,
-    url: &str,
+    call: &Call<'_>,
     extra: &[(HeaderName, HeaderValue)],
     auth: Auth<'_>,
     body: String,
-    skew: Option<&SkewProbe>,
-    step: &str,
 ) -> Result<Answer, FetchError> {
+    let Call {
+        service,
+        url,
+        step,
+        timeout,
+        skew,
+    } = *call;
     let request = build(url, extra, auth, body).map_err(|e| FetchError {
-        message: format!("cannot ask IAM at {url} for {step}: {e}"),
+        message: format!("cannot ask {service} at {url} for {step}: {e}"),
         permanent: true,
     })?;
-    let response = match tokio::time::timeout(IAM_TIMEOUT, client.request(request)).await {
-        Err(_) => {
-            return Err(FetchError {
-                message: format!(
-                    "IAM at {url} did not answer within {}s (for {step})",
-                    IAM_TIMEOUT.as_secs()
-                ),
-                permanent: false,
-            });
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| FetchError {
+            message: format!("cannot reach {service} at {url}: {}", chain(&e)),
+            permanent: false,
+        })?;
+        if let Some(probe) = skew {
+            probe.observe(response.headers(), service);
         }
-        Ok(Err(e)) => {
-            return Err(FetchError {
-                message: format!("cannot reach IAM at {url}: {}", chain(&e)),
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| FetchError {
+                message: format!("reading the answer of {service} at {url} failed: {e}"),
                 permanent: false,
-            });
-        }
-        Ok(Ok(r)) => r,
+            })?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     };
-    if let Some(probe) = skew {
-        probe.observe(response.headers(), "IAM");
-    }
-    let (parts, body) = response.into_parts();
-    let body: Bytes = tokio::time::timeout(IAM_TIMEOUT, Limited::new(body, MAX_ANSWER).collect())
+    tokio::time::timeout(timeout, exchange)
         .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+        .map_err(|_| FetchError {
+            message: format!(
+                "{service} at {url} did not answer within {}s (for {step})",
+                timeout.as_secs()
+            ),
+            permanent: false,
+        })?
 }
 
 fn build(

@@ -21,7 +21,7 @@ pub mod call;
 pub mod oidc;
 
 pub use crate::config::{ProjectScope, TokenRequest};
-use call::Auth;
+use call::{Auth, Call};
 
 /// `{iam}/v3/auth/tokens?nocatalog=true`
 fn token_url(request: &TokenRequest) -> String {
@@ -120,7 +120,8 @@ pub async fn fetch_token(
     })?;
     let url = token_url(request);
     let body = token_body(request, password.expose());
-    let answer = call::post(client, &url, &[], Auth::None, body, skew, &step).await?;
+    let call = Call::iam(&url, &step, skew);
+    let answer = call::post(client, &call, &[], Auth::None, body).await?;
     call::token_of(answer, &step)
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::call::{self, Auth};
+use super::call::{self, Auth, Call};
 use super::{ProjectScope, SkewProbe, Token};
 use crate::auth::aksk::AkSkCredentials;
 use crate::auth::refresh::{BoxFuture, Expiring, Fetch, FetchError};
@@ -96,12 +96,10 @@ impl OidcExchange {
         let url = iam_url(&self.spec.iam_endpoint, ID_TOKEN_PATH);
         let answer = call::post(
             &self.client,
-            &url,
+            &Call::iam(&url, &step, self.skew.as_ref()),
             &headers,
             Auth::None,
             body,
-            self.skew.as_ref(),
-            &step,
         )
         .await?;
         call::token_of(answer, &step)
@@ -123,12 +121,10 @@ impl OidcExchange {
         let url = iam_url(&self.spec.iam_endpoint, SECURITY_TOKENS_PATH);
         let answer = call::post(
             &self.client,
-            &url,
+            &Call::iam(&url, &step, self.skew.as_ref()),
             &[],
             Auth::None,
             body,
-            self.skew.as_ref(),
-            &step,
         )
         .await?;
         call::security_key_of(answer, &step)
