@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use super::{ALPHANUMERIC, HUAWEI_TIME, StandIn, URL_SAFE, add, json, lock, random_string};
+use super::{StandIn, URL_SAFE, add, credential_json, json, lock, random_string};
 use crate::error::{ProxyBody, full};
-use crate::secret::Secret;
-use crate::signer::AkSk;
 
 /// The ECS metadata service's session-token endpoint.
 pub const METADATA_SESSION_PATH: &str = crate::auth::metadata::SESSION_TOKEN_PATH;
@@ -41,25 +39,8 @@ impl StandIn {
         if let Some(refused) = self.check_session(parts) {
             return refused;
         }
-        let expires_at = add((self.clock)(), lifetime);
-        let key = AkSk {
-            access_key: random_string(20, &ALPHANUMERIC[..36]),
-            secret_key: Secret::new(random_string(40, ALPHANUMERIC)),
-            security_token: Some(Secret::new(format!(
-                "gQpjbi1ub3J0aC00{}",
-                random_string(600, URL_SAFE)
-            ))),
-        };
-        let body = serde_json::json!({
-            "credential": {
-                "access": key.access_key,
-                "secret": key.secret_key.expose(),
-                "securitytoken": key.security_token.as_ref().map(Secret::expose),
-                "expires_at": expires_at.format(HUAWEI_TIME).to_string(),
-            }
-        });
-        lock(&self.stats.temporary).insert(key.access_key.clone(), (key.clone(), expires_at));
-        lock(&self.stats.issued_credentials).push(key);
+        let (key, expires_at) = self.issue_temporary(lifetime);
+        let body = serde_json::json!({ "credential": credential_json(&key, expires_at) });
         json(StatusCode::OK, body)
     }
 

@@ -11,18 +11,35 @@
 //!   `GET /openstack/latest/securitykey` issues temporary AK/SK + security token,
 //!   after the optional session-token step (`PUT /meta-data/latest/api/token`,
 //!   then `X-Metadata-Token`), which [`StandInStats`] can make required or
-//!   unsupported.
+//!   unsupported;
+//! - CCE Pod Identity ([`StandIn::with_pod_identity`]): temporary AK/SK for
+//!   a service-account token;
+//! - an IAM identity provider ([`StandIn::with_federation`]): IAM tokens for
+//!   an id token, and temporary AK/SK for any live token
+//!   (`/v3.0/OS-CREDENTIAL/securitytokens`);
+//! - an IAM agency ([`StandIn::with_agency`]): `assume_role`, for a token
+//!   (`/v3/auth/tokens`) or for temporary AK/SK.
+//!
+//! Whatever it issues is random, and the service accepts it as the real
+//! gateway would: temporary keys only with their `X-Security-Token`, tokens
+//! only while live and only when scoped to the project.
 //!
 //! Time (token and temporary-key expiry, the signature window) comes only
 //! from the injected clock, so tests can move it.
 //!
 //! This file holds the stand-in and its dispatch; each role it plays has its
 //! own file: `service.rs` (the verifying real-time service), `stream.rs`
-//! (what the service streams), `iam.rs`, `metadata.rs`, and `stats.rs`
-//! (the counters and switches tests share with it).
+//! (what the service streams), `iam.rs` (tokens), `federation.rs` (id
+//! tokens), `security_tokens.rs` (IAM's temporary AK/SK), `agency.rs`,
+//! `pod_identity.rs`, `metadata.rs`, and `stats.rs` (the counters and
+//! switches tests share with it).
 
+mod agency;
+mod federation;
 mod iam;
 mod metadata;
+mod pod_identity;
+mod security_tokens;
 mod service;
 mod stats;
 mod stream;
@@ -33,6 +50,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -47,9 +65,14 @@ use crate::clock::Clock;
 use crate::error::{ProxyBody, full};
 use crate::secret::Secret;
 use crate::signer::AkSk;
+use crate::signer::verify::constant_time_eq;
 
+pub use agency::StandInAgency;
+pub use federation::{ID_TOKEN_PATH, StandInFederation};
 pub use iam::{IAM_TOKENS_PATH, StandInIam};
 pub use metadata::{METADATA_SECURITYKEY_PATH, METADATA_SESSION_PATH};
+pub use pod_identity::{POD_IDENTITY_PATH, StandInPodIdentity};
+pub use security_tokens::SECURITY_TOKENS_PATH;
 pub use service::{AK_LOCK_AFTER, AK_LOCK_FOR, DATE_WINDOW};
 pub use stats::StandInStats;
 
@@ -77,6 +100,9 @@ pub struct StandIn {
     iam: Option<StandInIam>,
     app_codes: Vec<Secret>,
     metadata: Option<Duration>,
+    pod_identity: Option<StandInPodIdentity>,
+    federation: Option<StandInFederation>,
+    agency: Option<StandInAgency>,
     stats: Arc<StandInStats>,
 }
 
@@ -92,6 +118,9 @@ impl StandIn {
             iam: None,
             app_codes: Vec::new(),
             metadata: None,
+            pod_identity: None,
+            federation: None,
+            agency: None,
             stats: Arc::default(),
         }
     }
@@ -165,16 +194,88 @@ impl StandIn {
                 );
             }
         };
-        match (parts.uri.path(), &self.iam, self.metadata) {
-            (IAM_TOKENS_PATH, Some(iam), _) => self.iam(iam, &parts, &body),
-            (METADATA_SECURITYKEY_PATH, _, Some(lifetime)) => self.metadata(lifetime, &parts),
-            (METADATA_SESSION_PATH, _, Some(_)) => self.metadata_session(&parts),
-            _ => match websocket {
-                Some(upgrade) => self.websocket(&parts, &body, upgrade),
-                None => self.service(&parts, &body),
-            },
+        if let Some(resp) = self.play(&parts, &body) {
+            return resp;
+        }
+        match websocket {
+            Some(upgrade) => self.websocket(&parts, &body, upgrade),
+            None => self.service(&parts, &body),
         }
     }
+
+    /// The answer of the role that owns the request's path, if one does
+    /// (each only when configured; otherwise the path is the service's).
+    fn play(&self, parts: &http::request::Parts, body: &Bytes) -> Option<Response<ProxyBody>> {
+        let iam = self.iam.as_ref();
+        Some(match parts.uri.path() {
+            IAM_TOKENS_PATH => self.iam(iam?, parts, body),
+            ID_TOKEN_PATH => self.id_token(iam?, self.federation.as_ref()?, parts, body),
+            SECURITY_TOKENS_PATH
+                if iam.is_some() && (self.federation.is_some() || self.agency.is_some()) =>
+            {
+                self.security_tokens(parts, body)
+            }
+            POD_IDENTITY_PATH => self.pod_identity(self.pod_identity.as_ref()?, parts),
+            METADATA_SECURITYKEY_PATH => self.metadata(self.metadata?, parts),
+            METADATA_SESSION_PATH => {
+                self.metadata?;
+                self.metadata_session(parts)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Fresh temporary AK/SK + security token, valid for `lifetime`, which
+    /// the service accepts (with the token) until they expire.
+    fn issue_temporary(&self, lifetime: Duration) -> (AkSk, DateTime<Utc>) {
+        let expires_at = add((self.clock)(), lifetime);
+        let key = AkSk {
+            access_key: random_string(20, &ALPHANUMERIC[..36]),
+            secret_key: Secret::new(random_string(40, ALPHANUMERIC)),
+            security_token: Some(Secret::new(format!(
+                "gQpjbi1ub3J0aC00{}",
+                random_string(600, URL_SAFE)
+            ))),
+        };
+        lock(&self.stats.temporary).insert(key.access_key.clone(), (key.clone(), expires_at));
+        lock(&self.stats.issued_credentials).push(key.clone());
+        (key, expires_at)
+    }
+}
+
+/// Temporary keys as IAM and the metadata service write them:
+/// `{"access","secret","securitytoken","expires_at"}`.
+fn credential_json(key: &AkSk, expires_at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "access": key.access_key,
+        "secret": key.secret_key.expose(),
+        "securitytoken": key.security_token.as_ref().map(Secret::expose),
+        "expires_at": expires_at.format(HUAWEI_TIME).to_string(),
+    })
+}
+
+/// A name the client sent, quoted for an error message when it looks like
+/// a name (so a secret pasted in its place is never echoed).
+fn shown(name: &str) -> String {
+    let plain = name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if plain {
+        format!("{name:?}")
+    } else {
+        "(not shown)".to_owned()
+    }
+}
+
+/// Constant time in the tokens' contents: whether `given`, trimmed, is
+/// one of `accepted`, trimmed.
+fn one_of(given: &[u8], accepted: &[Secret]) -> bool {
+    let given = given.trim_ascii();
+    !given.is_empty()
+        && accepted.iter().fold(false, |found, a| {
+            found | constant_time_eq(given, a.expose().as_bytes().trim_ascii())
+        })
 }
 
 /// `text` with each of `secrets` replaced.

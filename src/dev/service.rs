@@ -126,7 +126,7 @@ impl StandIn {
         accepted.ok_or(refusals)
     }
 
-    fn check_aksk(
+    pub(super) fn check_aksk(
         &self,
         parts: &http::request::Parts,
         body: &Bytes,
@@ -199,21 +199,28 @@ impl StandIn {
     }
 
     fn check_token(&self, token: &HeaderValue, now: DateTime<Utc>) -> Result<(), Refusal> {
-        let expires_at = lock(&self.stats.tokens)
+        let live = lock(&self.stats.tokens)
             .get(&token_key_bytes(token.as_bytes()))
             .copied();
-        match expires_at {
-            Some(t) if now < t => Ok(()),
-            Some(t) => Err(Refusal {
-                credential: "X-Auth-Token",
-                code: "APIG.0307",
-                reason: format!("the token expired at {}", t.format(HUAWEI_TIME)),
-            }),
-            None => Err(Refusal {
-                credential: "X-Auth-Token",
-                code: "APIG.0301",
-                reason: "the token is not one the stand-in IAM issued, or it was revoked".into(),
-            }),
+        let refuse = |code, reason: String| Refusal {
+            credential: "X-Auth-Token",
+            code,
+            reason,
+        };
+        match live {
+            Some(t) if now >= t.expires_at => Err(refuse(
+                "APIG.0307",
+                format!("the token expired at {}", t.expires_at.format(HUAWEI_TIME)),
+            )),
+            Some(t) if !t.scoped => Err(refuse(
+                "APIG.0301",
+                "the token is not scoped to a project (unscoped tokens are for IAM only)".into(),
+            )),
+            Some(_) => Ok(()),
+            None => Err(refuse(
+                "APIG.0301",
+                "the token is not one the stand-in IAM issued, or it was revoked".into(),
+            )),
         }
     }
 }
@@ -227,13 +234,13 @@ enum Auth {
 }
 
 /// Why one credential on a request was refused.
-struct Refusal {
+pub(super) struct Refusal {
     /// The header that carried it.
     credential: &'static str,
     /// The gateway's error code.
     code: &'static str,
     /// Safe to show: never the credential itself.
-    reason: String,
+    pub(super) reason: String,
 }
 
 /// A signature verdict in API Gateway's words (its IAM-authentication
@@ -296,6 +303,17 @@ fn echo(parts: &http::request::Parts, body: &Bytes, auth: Auth) -> serde_json::V
     })
 }
 
+/// The credentials a request carries in headers (to scrub from what is
+/// answered); shorter ones would garble a message, and appear in no reason.
+pub(super) fn sent_credentials(parts: &http::request::Parts) -> Vec<&str> {
+    REDACTED_HEADERS
+        .iter()
+        .flat_map(|h| parts.headers.get_all(*h))
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| v.len() >= 8)
+        .collect()
+}
+
 /// The gateway's 401: the first refused credential's code, and every reason.
 fn rejection(parts: &http::request::Parts, refusals: &[Refusal]) -> Response<ProxyBody> {
     let (code, reason) = match refusals {
@@ -321,14 +339,7 @@ fn rejection(parts: &http::request::Parts, refusals: &[Refusal]) -> Response<Pro
         _ => "Incorrect IAM authentication information",
     };
     // Belt and braces: no credential the client sent may come back.
-    let sent: Vec<&str> = REDACTED_HEADERS
-        .iter()
-        .flat_map(|h| parts.headers.get_all(*h))
-        .filter_map(|v| v.to_str().ok())
-        // Shorter ones would garble the message, and appear in no reason.
-        .filter(|v| v.len() >= 8)
-        .collect();
-    let message = scrub(&format!("{summary}: {reason}"), &sent);
+    let message = scrub(&format!("{summary}: {reason}"), &sent_credentials(parts));
     json(
         StatusCode::UNAUTHORIZED,
         serde_json::json!({

@@ -38,10 +38,26 @@ pub struct StandInStats {
     pub rejected: AtomicUsize,
     /// Every token IAM issued, oldest first (also after expiry or revocation).
     pub issued_tokens: Mutex<Vec<Secret>>,
-    /// Every temporary credential the metadata service issued, oldest first.
+    /// Every temporary credential issued (by the metadata service, Pod
+    /// Identity or IAM's security tokens), oldest first.
     pub issued_credentials: Mutex<Vec<AkSk>>,
-    /// Live tokens: SHA-256 (hex) of the token → expiry.
-    pub(super) tokens: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Requests to Pod Identity's path (any outcome, also while down).
+    pub pod_identity_calls: AtomicUsize,
+    /// While true, Pod Identity answers 503.
+    pub pod_identity_down: AtomicBool,
+    /// Requests to IAM's `POST /v3.0/OS-AUTH/id-token/tokens` (any outcome, also while down).
+    pub id_token_calls: AtomicUsize,
+    /// Requests to IAM's `POST /v3.0/OS-CREDENTIAL/securitytokens` (any outcome, also while down).
+    pub security_token_calls: AtomicUsize,
+    /// Requests with the `assume_role` method, on either IAM endpoint
+    /// (counted once the method is read: not while IAM is down).
+    pub assume_role_calls: AtomicUsize,
+    /// The service-account tokens Pod Identity accepts now.
+    pub(super) pod_identity_tokens: Mutex<Vec<Secret>>,
+    /// The id tokens the identity provider trusts now.
+    pub(super) id_tokens: Mutex<Vec<Secret>>,
+    /// Live tokens: SHA-256 (hex) of the token → expiry and scope.
+    pub(super) tokens: Mutex<HashMap<String, LiveToken>>,
     /// Temporary credentials: access key → (credentials, expiry).
     pub(super) temporary: Mutex<HashMap<String, (AkSk, DateTime<Utc>)>>,
     /// Failed signature checks in a row, and the lock they caused, per access key.
@@ -74,6 +90,17 @@ impl StandInStats {
         }
     }
 
+    /// Replaces the service-account tokens Pod Identity accepts (a projected
+    /// token rotated by the kubelet: the old one is refused from now on).
+    pub fn set_pod_identity_tokens(&self, tokens: Vec<Secret>) {
+        *lock(&self.pod_identity_tokens) = tokens;
+    }
+
+    /// Replaces the id tokens the stand-in identity provider trusts.
+    pub fn set_id_tokens(&self, tokens: Vec<Secret>) {
+        *lock(&self.id_tokens) = tokens;
+    }
+
     /// How many tokens IAM has issued.
     pub fn tokens_issued(&self) -> usize {
         lock(&self.issued_tokens).len()
@@ -92,12 +119,26 @@ impl std::fmt::Debug for StandInStats {
             .field("metadata_calls", &self.metadata_calls)
             .field("iam_down", &self.iam_down)
             .field("metadata_down", &self.metadata_down)
+            .field("pod_identity_calls", &self.pod_identity_calls)
+            .field("pod_identity_down", &self.pod_identity_down)
+            .field("id_token_calls", &self.id_token_calls)
+            .field("security_token_calls", &self.security_token_calls)
+            .field("assume_role_calls", &self.assume_role_calls)
             .field("accepted", &self.accepted)
             .field("rejected", &self.rejected)
             .field("tokens_issued", &self.tokens_issued())
             .field("credentials_issued", &lock(&self.issued_credentials).len())
             .finish()
     }
+}
+
+/// What the stand-in remembers of a token it issued.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LiveToken {
+    pub(super) expires_at: DateTime<Utc>,
+    /// Scoped to the project: the service accepts only these; IAM's own
+    /// calls (security tokens, agencies) accept any live token.
+    pub(super) scoped: bool,
 }
 
 /// Failed signature checks in a row, and until when they locked the AK.
