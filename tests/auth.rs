@@ -495,30 +495,42 @@ async fn fixing_the_password_file_and_reloading_fetches_a_token_at_once() {
 }
 
 #[tokio::test]
-async fn a_401_for_temporary_keys_fetches_new_ones_for_the_next_requests() {
+async fn a_401_for_temporary_keys_fetches_new_ones_and_replays_a_kept_request_once() {
     let (gw, stats) = gateway(|s| s.with_metadata(Duration::from_secs(3600))).await;
     let proxy = start_proxy(&format!(
         "[[route]]\nupstream = \"http://{gw}/v1\"\ncredentials = \"ecs\"\n[credentials.ecs]\ntype = \"aksk\"\nsource = \"metadata\"\nmetadata_endpoint = \"http://{gw}/openstack/latest/securitykey\"\n"
     ))
     .await;
     assert_eq!(get(&proxy.url("/")).await.0.status, 200);
+    // The agency's keys are revoked: the gateway answers 401, the proxy asks
+    // for new keys and signs the request again with them.
+    stats.revoke_all_credentials();
+    let (parts, bytes) = get(&proxy.url("/")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        proxy.metric("modelarts_proxy_credential_replays_total{credentials=\"ecs\"}"),
+        1.0
+    );
+    // A body that streamed (large and unsigned) cannot go again: its 401 is
+    // returned as it is, and the next requests get new keys.
     let Provider::Temporary { creds, .. } = proxy.shared.state.load().providers["ecs"].clone()
     else {
         panic!()
     };
     let mut changes = creds.subscribe();
-    // The agency's keys are revoked: the gateway answers 401, and the proxy asks for new keys.
     stats.revoke_all_credentials();
-    let (parts, _) = get(&proxy.url("/")).await;
-    assert_eq!(
-        parts.status, 401,
-        "the rejected request is returned as it is"
-    );
+    let req = request("PUT", &proxy.url("/file"))
+        .header("content-type", "application/octet-stream")
+        .body(body(vec![b'x'; 2 * 1024 * 1024]))
+        .unwrap();
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, 401, "a streamed body is not replayed");
     tokio::time::timeout(TEST_DEADLINE, changes.changed())
         .await
         .expect("renewed")
         .unwrap();
-    assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.metadata_calls.load(Ordering::SeqCst), 3);
     assert_eq!(get(&proxy.url("/")).await.0.status, 200);
 }
 

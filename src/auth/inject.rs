@@ -33,7 +33,7 @@ use crate::budget::Budget;
 use crate::config::Route;
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayError;
-use crate::headers::name::X_AUTH_TOKEN;
+use crate::headers::name::{X_AUTH_TOKEN, X_SDK_DATE};
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::signer::CanonicalRequest;
 
@@ -109,6 +109,7 @@ enum Used {
     TemporaryKey {
         creds: Arc<Refreshing<Arc<AkSkCredentials>>>,
         used: Arc<Expiring<Arc<AkSkCredentials>>>,
+        max_wait: Duration,
     },
 }
 
@@ -326,6 +327,7 @@ pub async fn inject(
             recovery.kind = Used::TemporaryKey {
                 creds: creds.clone(),
                 used,
+                max_wait: *max_wait,
             };
         }
         Some(Provider::Token {
@@ -347,6 +349,34 @@ pub async fn inject(
     recovery.replay = payload.kept().map(|kept| Replay::of(&out, kept));
     let body = payload.take()?;
     Ok((out.into_request(body), recovery))
+}
+
+fn count_replay(cx: &Injection<'_>) {
+    if let Some(name) = &cx.route.credentials {
+        cx.metrics
+            .credential_replays
+            .get_or_create(&CredentialLabels {
+                credentials: name.clone(),
+            })
+            .inc();
+    }
+}
+
+impl Replay {
+    /// Signs the kept request again with new keys: a new date and signature.
+    fn resign(&mut self, creds: &AkSkCredentials, cx: &Injection<'_>) -> Result<(), ProxyError> {
+        self.headers.remove(X_SDK_DATE);
+        self.headers.remove(header::AUTHORIZATION);
+        let mut out = Outgoing {
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            headers: std::mem::take(&mut self.headers),
+            content_length: None,
+        };
+        let signed = sign_aksk(&mut out, &Payload::Kept(self.body.clone()), creds, cx);
+        self.headers = out.headers;
+        signed.map(|_| ())
+    }
 }
 
 /// Signs `out` with `creds` for `payload`: its SHA-256 when it was read
@@ -463,11 +493,26 @@ impl Recovery {
         }
         match (self.kind, self.replay) {
             (Used::Nothing, _) => None,
-            // Temporary AK/SK rejected (revoked, or the agency changed): ask
-            // for new ones so the next requests use them.
-            (Used::TemporaryKey { creds, used }, _) => {
+            // Temporary AK/SK rejected (revoked, or the agency changed): new
+            // ones (one fetch for every request that saw the old), and a kept
+            // request signed with them and sent once more.
+            (Used::TemporaryKey { creds, used, .. }, None) => {
                 creds.request_renewal(&used);
                 None
+            }
+            (
+                Used::TemporaryKey {
+                    creds,
+                    used,
+                    max_wait,
+                },
+                Some(mut replay),
+            ) => {
+                let fresh = creds.renew(&used, cx.wait(max_wait)).await.ok()?;
+                replay.resign(&fresh.value, cx).ok()?;
+                tracing::info!(credentials = %creds.label(), "upstream answered 401; new temporary keys fetched, request replayed once");
+                count_replay(cx);
+                Some(replay)
             }
             (Used::Token { token, used, .. }, None) => {
                 token.request_renewal(&used);
@@ -486,14 +531,7 @@ impl Recovery {
                     .headers
                     .insert(X_AUTH_TOKEN, fresh.value.header.clone());
                 tracing::info!(credentials = %token.label(), "upstream answered 401; token renewed, request replayed once");
-                if let Some(name) = &cx.route.credentials {
-                    cx.metrics
-                        .credential_replays
-                        .get_or_create(&CredentialLabels {
-                            credentials: name.clone(),
-                        })
-                        .inc();
-                }
+                count_replay(cx);
                 Some(replay)
             }
         }

@@ -81,7 +81,10 @@ impl Fetch<Arc<AkSkCredentials>> for StsOidcFetcher {
                 value: Arc::new(AkSkCredentials::new(
                     c.value,
                     self.project_id.clone(),
-                    format!("IAM STS {} (agency {})", self.spec.sts_endpoint, self.spec.agency_urn),
+                    format!(
+                        "IAM STS {} (agency {})",
+                        self.spec.sts_endpoint, self.spec.agency_urn
+                    ),
                 )),
                 expires_at: c.expires_at,
             })

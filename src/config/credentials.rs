@@ -128,7 +128,10 @@ pub enum TemporarySource {
         duration: Duration,
     },
     /// IAM5 STS, for an agency that trusts an OIDC identity provider.
-    StsOidc { sts: StsOidcSpec, duration: Duration },
+    StsOidc {
+        sts: StsOidcSpec,
+        duration: Duration,
+    },
 }
 
 impl TemporarySource {

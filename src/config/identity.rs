@@ -158,7 +158,13 @@ pub(super) fn only_for(
 
 /// `duration`: the lifetime asked for temporary AK/SK.
 pub(super) fn duration(report: &mut Report, s: &Section<'_>) -> Duration {
-    bounded_duration(report, s, MAX_DURATION, DEFAULT_DURATION, "IAM issues: 15m to 24h")
+    bounded_duration(
+        report,
+        s,
+        MAX_DURATION,
+        DEFAULT_DURATION,
+        "IAM issues: 15m to 24h",
+    )
 }
 
 fn bounded_duration(

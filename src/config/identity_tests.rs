@@ -168,10 +168,7 @@ region = "no such region!"
         &FakeSources::default(),
     )
     .unwrap_err();
-    assert!(
-        errors[0]
-            .contains("\"pod_identity\", \"oidc\", \"assume_agency\" or \"auto\", not \"magic\"")
-    );
+    assert!(errors[0].contains("\"assume_agency_with_oidc\" or \"auto\", not \"magic\""));
 }
 
 const AGENCY: &str = r#"

@@ -14,7 +14,7 @@ pub mod walk;
 pub use credentials::{
     AgencySpec, AkSkSpec, ApiKeySpec, Base, Credentials, DEFAULT_APP_CODE_HEADER,
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_MAX_WAIT, DEFAULT_METADATA_ENDPOINT, DEFAULT_REFRESH_MARGIN,
-    KeySource, OidcSpec, PodIdentitySpec, ProjectScope, StsOidcSpec, ResolvedKey, TemporarySource,
+    KeySource, OidcSpec, PodIdentitySpec, ProjectScope, ResolvedKey, StsOidcSpec, TemporarySource,
     TemporarySpec, TokenRequest, TokenSource, TokenSpec, api_key_value, secret_source,
 };
 pub use server::{

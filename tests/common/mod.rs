@@ -4,6 +4,7 @@
 
 pub mod egress;
 pub mod pki;
+pub mod process;
 pub mod scripted;
 
 use std::convert::Infallible;
