@@ -719,3 +719,48 @@ async fn sts_assumes_an_agency_with_the_id_token_alone() {
     assert_eq!(asked["agency_session_name"], "modelarts-proxy");
     assert_eq!(asked["duration_seconds"], 7200);
 }
+
+#[tokio::test]
+async fn an_outage_of_pod_identity_keeps_the_keys_it_gave() {
+    let (gw, stats) = gateway(|s| s.with_pod_identity(pod_identity(HOUR, false))).await;
+    let dir = files("outage");
+    let token_file = dir.join("token");
+    write(&token_file, SA_TOKEN);
+    let proxy = proxy(gw, &pod_table(gw, &token_file, "")).await;
+    ok(&proxy).await;
+    stats.pod_identity_down.store(true, Ordering::SeqCst);
+    let c = temporary(&proxy);
+    let mut changes = c.subscribe();
+    c.retry_now();
+    tokio::time::timeout(TEST_DEADLINE, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let error = c.last_error().expect("the refresh failed");
+    assert!(
+        error.message.contains("answered HTTP 503"),
+        "{}",
+        error.message
+    );
+    ok(&proxy).await;
+    assert_eq!(stats.pod_identity_calls.load(Ordering::SeqCst), 2);
+}
+
+/// `type = "app"`: an APIG App's AppKey and AppSecret sign as an AK/SK does.
+#[tokio::test]
+async fn an_app_signs_with_its_app_key_and_secret() {
+    let (gw, _stats) = gateway(|s| s).await;
+    let proxy = proxy(
+        gw,
+        "type = \"app\"\napp_key = { env = \"TEST_AK\" }\napp_secret = { env = \"TEST_SK\" }",
+    )
+    .await;
+    let echoed = ok(&proxy).await;
+    assert_eq!(echoed["auth"], "aksk", "{echoed}");
+    assert!(
+        echoed["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Access={AK},"))
+    );
+}
