@@ -210,15 +210,13 @@ impl Fetch<std::sync::Arc<AkSkCredentials>> for MetadataFetcher {
         &self,
     ) -> BoxFuture<'_, Result<Expiring<std::sync::Arc<AkSkCredentials>>, FetchError>> {
         Box::pin(async move {
-            let c = self.fetch_key().await?;
-            Ok(Expiring {
-                value: std::sync::Arc::new(AkSkCredentials::new(
-                    c.value,
-                    self.project_id.clone(),
-                    format!("ECS metadata {}", self.endpoint),
-                )),
-                expires_at: c.expires_at,
-            })
+            let fetched = self.fetch_key().await?;
+            let origin = format!("ECS metadata {}", self.endpoint);
+            Ok(super::temporary::ready(
+                fetched,
+                self.project_id.clone(),
+                origin,
+            ))
         })
     }
 }
@@ -330,25 +328,4 @@ fn security_key(
 /// Parses `{"credential":{"access","secret","securitytoken","expires_at"}}`.
 pub fn parse_security_key(body: &[u8]) -> Result<Expiring<AkSk>, String> {
     super::temporary::parse_credential(body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_metadata_answer() {
-        let c = parse_security_key(
-            br#"{"credential":{"access":"TMPAK","secret":"tmp-sk","securitytoken":"tok","expires_at":"2020-01-08T03:50:07.574000Z"}}"#,
-        )
-        .unwrap();
-        assert_eq!(c.value.access_key, "TMPAK");
-        assert_eq!(c.value.secret_key.expose(), "tmp-sk");
-        assert_eq!(c.value.security_token.unwrap().expose(), "tok");
-        assert_eq!(c.expires_at.to_rfc3339(), "2020-01-08T03:50:07.574+00:00");
-        assert_eq!(
-            parse_security_key(br#"{"credential":{"access":"A"}}"#).unwrap_err(),
-            "its body has no credential.secret"
-        );
-    }
 }

@@ -6,6 +6,7 @@
 //! The answer carries the IAM agency bound to the service account's
 //! credentials under `credentials` (camelCase) or `credential`.
 
+use crate::auth::temporary::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,15 +103,9 @@ impl PodIdentityFetcher {
 impl Fetch<Arc<AkSkCredentials>> for PodIdentityFetcher {
     fn fetch(&self) -> BoxFuture<'_, Result<Expiring<Arc<AkSkCredentials>>, FetchError>> {
         Box::pin(async move {
-            let c = self.fetch_key().await?;
-            Ok(Expiring {
-                value: Arc::new(AkSkCredentials::new(
-                    c.value,
-                    self.project_id.clone(),
-                    format!("CCE Pod Identity {}", self.spec.endpoint),
-                )),
-                expires_at: c.expires_at,
-            })
+            let fetched = self.fetch_key().await?;
+            let origin = format!("CCE Pod Identity {}", self.spec.endpoint);
+            Ok(ready(fetched, self.project_id.clone(), origin))
         })
     }
 }

@@ -6,6 +6,7 @@
 //! → 200 `{"credentials":{"access_key_id","secret_access_key","security_token","expiration"}}`.
 //! The id-token file is read again at every fetch.
 
+use crate::auth::temporary::ready;
 use std::sync::Arc;
 
 use super::aksk::AkSkCredentials;
@@ -76,18 +77,12 @@ impl StsOidcFetcher {
 impl Fetch<Arc<AkSkCredentials>> for StsOidcFetcher {
     fn fetch(&self) -> BoxFuture<'_, Result<Expiring<Arc<AkSkCredentials>>, FetchError>> {
         Box::pin(async move {
-            let c = self.fetch_key().await?;
-            Ok(Expiring {
-                value: Arc::new(AkSkCredentials::new(
-                    c.value,
-                    self.project_id.clone(),
-                    format!(
-                        "IAM STS {} (agency {})",
-                        self.spec.sts_endpoint, self.spec.agency_urn
-                    ),
-                )),
-                expires_at: c.expires_at,
-            })
+            let fetched = self.fetch_key().await?;
+            let origin = format!(
+                "IAM STS {} (agency {})",
+                self.spec.sts_endpoint, self.spec.agency_urn
+            );
+            Ok(ready(fetched, self.project_id.clone(), origin))
         })
     }
 }

@@ -4,10 +4,25 @@
 //! "secretAccessKey","securityToken","expiration"}}`. The official SDKs
 //! accept either wrapper with either spelling, and so does this.
 
+use std::sync::Arc;
+
+use super::aksk::AkSkCredentials;
 use super::iam::parse_time;
 use super::refresh::Expiring;
 use crate::secret::Secret;
 use crate::signer::AkSk;
+
+/// A fetched key as requests are signed with it; `origin` says where it came from.
+pub fn ready(
+    fetched: Expiring<AkSk>,
+    project_id: Option<String>,
+    origin: String,
+) -> Expiring<Arc<AkSkCredentials>> {
+    Expiring {
+        value: Arc::new(AkSkCredentials::new(fetched.value, project_id, origin)),
+        expires_at: fetched.expires_at,
+    }
+}
 
 /// Each field's spellings, as the SDKs' `Credential` model aliases them.
 const ACCESS: &[&str] = &["access", "accessKeyId", "access_key_id"];

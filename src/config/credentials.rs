@@ -673,6 +673,18 @@ fn fixed_key(
     key_source: KeySource,
     breaker_cooldown: Duration,
 ) -> Option<Credentials> {
+    resolved(report, s, sources, key_source, breaker_cooldown, |key| key)
+}
+
+/// Reads `key_source` now; `key_name` names the table's key an error is about.
+fn resolved(
+    report: &mut Report,
+    s: &Section<'_>,
+    sources: &dyn Sources,
+    key_source: KeySource,
+    breaker_cooldown: Duration,
+    key_name: fn(&'static str) -> &'static str,
+) -> Option<Credentials> {
     let project_id = s.str(report, "project_id").map(str::to_owned);
     match key_source.resolve(sources, project_id) {
         Ok(current) => Some(Credentials::AkSk(AkSkSpec {
@@ -682,7 +694,7 @@ fn fixed_key(
         })),
         Err(problems) => {
             for (key, message) in problems {
-                report.error(s.key_path(key), message);
+                report.error(s.key_path(key_name(key)), message);
             }
             None
         }
@@ -703,28 +715,16 @@ fn app(report: &mut Report, s: &Section<'_>, sources: &dyn Sources) -> Option<Cr
         secret_key: secret?,
         security_token: None,
     };
-    let project_id = s.str(report, "project_id").map(str::to_owned);
-    match key_source.resolve(sources, project_id) {
-        Ok(mut current) => {
-            current.origin = "an APIG App's AppKey/AppSecret".to_owned();
-            Some(Credentials::AkSk(AkSkSpec {
-                current,
-                source: key_source,
-                breaker_cooldown,
-            }))
-        }
-        Err(problems) => {
-            for (key, message) in problems {
-                let key = match key {
-                    "access_key" => "app_key",
-                    "secret_key" => "app_secret",
-                    other => other,
-                };
-                report.error(s.key_path(key), message);
-            }
-            None
-        }
+    let app_keys = |key| match key {
+        "access_key" => "app_key",
+        "secret_key" => "app_secret",
+        other => other,
+    };
+    let mut app = resolved(report, s, sources, key_source, breaker_cooldown, app_keys)?;
+    if let Credentials::AkSk(a) = &mut app {
+        a.current.origin = "an APIG App's AppKey/AppSecret".to_owned();
     }
+    Some(app)
 }
 
 impl KeySource {

@@ -8,6 +8,7 @@
 //!   `assume_role: {domain_name, agency_name, duration_seconds}`, the base's
 //!   token in `X-Auth-Token`, or the request signed with the base's AK/SK.
 
+use crate::auth::temporary::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,19 +191,13 @@ pub struct AgencyKey {
 impl Fetch<Arc<AkSkCredentials>> for AgencyKey {
     fn fetch(&self) -> BoxFuture<'_, Result<Expiring<Arc<AkSkCredentials>>, FetchError>> {
         Box::pin(async move {
-            let c = self.fetcher.security_key(self.duration).await?;
-            Ok(Expiring {
-                value: Arc::new(AkSkCredentials::new(
-                    c.value,
-                    self.project_id.clone(),
-                    format!(
-                        "the {} (assumed with [credentials.{}])",
-                        self.fetcher.who(),
-                        self.fetcher.spec.base
-                    ),
-                )),
-                expires_at: c.expires_at,
-            })
+            let fetched = self.fetcher.security_key(self.duration).await?;
+            let origin = format!(
+                "the {} (assumed with [credentials.{}])",
+                self.fetcher.who(),
+                self.fetcher.spec.base
+            );
+            Ok(ready(fetched, self.project_id.clone(), origin))
         })
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! The id-token file is read again at every exchange (projected tokens rotate).
 
+use crate::auth::temporary::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,18 +154,12 @@ pub struct OidcKey {
 impl Fetch<Arc<AkSkCredentials>> for OidcKey {
     fn fetch(&self) -> BoxFuture<'_, Result<Expiring<Arc<AkSkCredentials>>, FetchError>> {
         Box::pin(async move {
-            let c = self.exchange.security_key(self.duration).await?;
-            Ok(Expiring {
-                value: Arc::new(AkSkCredentials::new(
-                    c.value,
-                    self.project_id.clone(),
-                    format!(
-                        "OIDC federation (identity provider {}) via IAM {}",
-                        self.exchange.spec.idp_id, self.exchange.spec.iam_endpoint
-                    ),
-                )),
-                expires_at: c.expires_at,
-            })
+            let fetched = self.exchange.security_key(self.duration).await?;
+            let origin = format!(
+                "OIDC federation (identity provider {}) via IAM {}",
+                self.exchange.spec.idp_id, self.exchange.spec.iam_endpoint
+            );
+            Ok(ready(fetched, self.project_id.clone(), origin))
         })
     }
 }
