@@ -31,6 +31,7 @@ pub mod secret;
 pub mod server;
 pub mod signer;
 pub mod state;
+pub mod telemetry;
 pub mod traffic;
 pub mod usage;
 pub mod worker;

@@ -54,6 +54,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `exported`, `dropped` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub route: String,
     /// `idle_timeout`, `upstream_reset` or `client_aborted`.
@@ -150,6 +156,7 @@ pub struct Metrics {
     pub queue: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_up: Family<TargetLabels, Gauge>,
     pub model_tokens: Family<ModelLabels, Counter>,
+    pub trace_spans: Family<SpanLabels, Counter>,
     /// The last gateway errors, for the status page.
     pub recent_gateway_errors: std::sync::Mutex<std::collections::VecDeque<GatewayErrorSeen>>,
 }
@@ -261,6 +268,7 @@ impl Metrics {
             queue = "queue_seconds", "Time requests waited for their route's rate or concurrency", Family::new_with_constructor(queue_buckets as fn() -> _);
             upstream_up = "upstream_up", "1 while a route's target is in rotation, 0 while it is ejected", Family::default();
             model_tokens = "model_tokens", "Tokens the answers of OpenAI-compatible services reported in their usage, by route, model and kind (prompt, completion)", Family::default();
+            trace_spans = "trace_spans", "Sampled spans by what became of them: exported, dropped (the export queue was full) or failed (the collector refused or did not answer)", Family::default();
         };
         metrics
             .build_info

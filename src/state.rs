@@ -15,6 +15,7 @@ use crate::config::walk::Problem;
 use crate::config::{Config, Credentials};
 use crate::credentials::{Sources, System};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::telemetry::Telemetry;
 use crate::traffic::RouteTraffic;
 
 /// Everything a request needs, swapped whole on reload.
@@ -35,6 +36,8 @@ pub struct State {
     pub route_metrics: HashMap<String, Arc<RouteMetrics>>,
     /// Each route's targets and their health, retry budget and pacer, by prefix.
     pub traffic: HashMap<String, Arc<RouteTraffic>>,
+    /// Traces, when `[telemetry]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) says where.
+    pub telemetry: Option<Arc<Telemetry>>,
     runtime: Runtime,
 }
 
@@ -156,9 +159,22 @@ impl State {
                 (r.prefix.clone(), Arc::new(t))
             })
             .collect();
+        // Kept through a reload that leaves `[telemetry]` as it was (the
+        // queue and what it holds survive); started anew otherwise.
+        let telemetry = match (
+            &config.telemetry,
+            previous.and_then(|p| p.telemetry.as_ref()),
+        ) {
+            (Some(c), Some(t)) if t.config == *c => Some(t.clone()),
+            (Some(c), _) if tokio::runtime::Handle::try_current().is_ok() => {
+                Some(Telemetry::start(c, client.clone(), runtime.metrics.clone()))
+            }
+            _ => None,
+        };
         Ok(State {
             route_metrics,
             traffic,
+            telemetry,
             config,
             client,
             providers,

@@ -7,6 +7,7 @@
 pub mod credentials;
 pub mod identity;
 pub mod server;
+pub mod telemetry;
 pub mod traffic;
 pub mod upstream;
 pub mod walk;
@@ -45,6 +46,8 @@ pub struct Config {
     /// Direct, or through an egress HTTP proxy (`[upstream_proxy]` or the
     /// `HTTPS_PROXY` family of variables).
     pub egress: Egress,
+    /// OpenTelemetry traces, when an endpoint is configured (DESIGN §13).
+    pub telemetry: Option<telemetry::Telemetry>,
 }
 
 /// How an AK/SK route treats the body (DESIGN §6).
@@ -125,6 +128,7 @@ const TOP_KEYS: &[&str] = &[
     "credentials",
     "upstream_tls",
     "upstream_proxy",
+    "telemetry",
 ];
 /// The keys of a `[[route]]` table.
 pub const ROUTE_KEYS: &[&str] = &[
@@ -204,7 +208,7 @@ pub fn validate_one(
     sources: &dyn Sources,
 ) -> Result<Validated, Vec<Problem>> {
     let mut narrow = toml::Table::new();
-    for key in ["server", "upstream_tls", "upstream_proxy"] {
+    for key in ["server", "upstream_tls", "upstream_proxy", "telemetry"] {
         if let Some(v) = table.get(key) {
             narrow.insert(key.to_owned(), v.clone());
         }
@@ -246,6 +250,8 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
     };
     let file_proxy = root.table(&mut report, "upstream_proxy");
     let egress = upstream::egress(&mut report, file_proxy.as_ref(), sources);
+    let telemetry_table = root.table(&mut report, "telemetry");
+    let telemetry = telemetry::telemetry(&mut report, telemetry_table.as_ref(), sources);
     let upstream_tls = match root.table(&mut report, "upstream_tls") {
         Some(s) => upstream::upstream_tls(&mut report, &s, sources),
         None => UpstreamTls::default(),
@@ -327,6 +333,7 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
                 credentials,
                 upstream_tls,
                 egress,
+                telemetry,
             },
             warnings: report.warnings,
         })

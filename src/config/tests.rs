@@ -714,3 +714,65 @@ fn upstream_http2_is_auto_by_default_and_checked() {
         ["upstream_tls.http2: must be \"auto\", \"http1\" or \"http2\", not \"h2c\""]
     );
 }
+
+#[test]
+fn telemetry_from_the_file_or_the_opentelemetry_variables() {
+    let with = |table: &str, sources: &FakeSources| load(&format!("{MINIMAL}\n{table}"), sources);
+    assert!(
+        with("", &env()).unwrap().config.telemetry.is_none(),
+        "off by default"
+    );
+    let t = with(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25",
+        &env(),
+    )
+    .unwrap()
+    .config
+    .telemetry
+    .unwrap();
+    assert_eq!(t.traces_url.to_string(), "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(t.sample_ratio, 0.25);
+    assert_eq!((t.max_queue, t.max_batch), (2048, 512));
+    assert_eq!(t.service_name, "modelarts-proxy");
+    let sources = env()
+        .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+        .with_env("OTEL_SERVICE_NAME", "sidecar-a")
+        .with_env("OTEL_BSP_MAX_QUEUE_SIZE", "100");
+    let t = with("", &sources).unwrap().config.telemetry.unwrap();
+    assert_eq!(t.traces_url.to_string(), "http://collector:4318/v1/traces");
+    assert_eq!(
+        (t.service_name.as_str(), t.max_queue, t.max_batch),
+        ("sidecar-a", 100, 100)
+    );
+    let sources = env().with_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom");
+    let t = with("", &sources).unwrap().config.telemetry.unwrap();
+    assert_eq!(
+        t.traces_url.to_string(),
+        "http://c:4318/custom",
+        "used as it is"
+    );
+    let errors: Vec<String> = with(
+        "[telemetry]\notlp_endpoint = \"grpc://x\"\nsample_ratio = 2\nheaders = 1",
+        &env(),
+    )
+    .unwrap_err()
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("telemetry.otlp_endpoint: \"grpc://x\" is not an http(s) URL"))
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e == "telemetry.sample_ratio: must be a number from 0.0 to 1.0")
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("telemetry.headers: unknown key"))
+    );
+}

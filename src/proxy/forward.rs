@@ -26,6 +26,7 @@ use crate::error::{ProxyBody, ProxyError};
 use crate::gateway::Seen;
 use crate::route::upstream_path_and_query;
 use crate::state::State;
+use crate::telemetry::RequestTrace;
 use crate::traffic::health::Turn;
 use crate::traffic::retry::{self, Reason};
 use crate::traffic::{RouteTraffic, Target};
@@ -136,6 +137,7 @@ impl Attempts<'_> {
         // The pacing gate, before any credential: a queued request is signed when it leaves.
         exchange.hold(self.pace().await?);
         let idempotent = super::resend::is_idempotent(&outgoing.method);
+        let trace = exchange.trace().cloned();
         let (mut from, mut attempt) = (0, 1u32);
         loop {
             // The target: from `from` on, skipping the ejected ones.
@@ -143,8 +145,9 @@ impl Attempts<'_> {
             let target = &traffic.targets[i];
             exchange.attempted(&target.label);
             // A fresh credential, the send (with its resends), 401 recovery.
+            let traced = trace.as_ref().map(|t| (t, attempt));
             let result = self
-                .attempt(target, i, &outgoing, &mut payload, turn)
+                .attempt(target, i, &outgoing, &mut payload, turn, traced)
                 .await?;
             // What the answer says: the target's health, the route's pace, a retry.
             let Some(reason) = self.verdict(i, &result, idempotent) else {
@@ -262,6 +265,7 @@ impl Attempts<'_> {
         template: &Outgoing,
         payload: &mut inject::Payload,
         turn: Turn,
+        trace: Option<(&RequestTrace, u32)>,
     ) -> Result<Attempt, ProxyError> {
         let provider = self.provider(target);
         let mut out = template.clone();
@@ -273,8 +277,13 @@ impl Attempts<'_> {
                     .map_err(|_| ProxyError::Internal)?,
             );
         }
+        // Traced: this attempt's span, whose `traceparent` goes upstream (not signed).
+        let span =
+            trace.map(|(t, n)| t.attempt(n, out.method.as_str(), &out.uri, &mut out.headers));
+        let waiting = trace.map(|(t, _)| t.credential(target.credentials.as_deref()));
         let cx = self.injection();
         let injected = inject::inject(provider, out, payload, &cx).await;
+        drop(waiting);
         let (request, recovery) = match injected {
             Ok(x) => x,
             Err(e) => {
@@ -297,17 +306,24 @@ impl Attempts<'_> {
             .await;
         let (response, seen) = match sent {
             Ok(answer) => answer,
-            Err(failed) => return Ok(Err(failed)),
+            Err(failed) => {
+                if let Some(span) = &span {
+                    span.answered(0);
+                }
+                return Ok(Err(failed));
+            }
         };
-        Ok(
-            match recovery
-                .after(response.status(), seen.error.as_ref(), &cx)
-                .await
-            {
-                Some(again) => once.send(again.request(), Some(&again), None).await,
-                None => Ok((response, seen)),
-            },
-        )
+        let answer = match recovery
+            .after(response.status(), seen.error.as_ref(), &cx)
+            .await
+        {
+            Some(again) => once.send(again.request(), Some(&again), None).await,
+            None => Ok((response, seen)),
+        };
+        if let Some(span) = &span {
+            span.answered(answer.as_ref().map_or(0, |(r, _)| r.status().as_u16()));
+        }
+        Ok(answer)
     }
 }
 

@@ -53,6 +53,10 @@ where
         req.uri().path(),
         request_id::for_request(req.headers()),
     );
+    if let Some(telemetry) = &state.telemetry {
+        let path = req.uri().path();
+        exchange.trace_with(telemetry.request(req.method().as_str(), path, req.headers()));
+    }
     let result = stack(&state, conn, req, &mut exchange).await;
     exchange.respond(result, state.config.server.idle_timeout)
 }
@@ -77,6 +81,9 @@ where
     let (route, rest) = find_route(state, req.uri().path())?;
     if let Some(metrics) = state.route_metrics.get(&route.prefix) {
         exchange.set_route(metrics.clone());
+    }
+    if let Some(trace) = exchange.trace() {
+        trace.route(req.method().as_str(), &route.prefix);
     }
     // A WebSocket handshake keeps its Upgrade headers; after a 101 the connection is spliced.
     let websocket = upgrade::take(&mut req);

@@ -19,6 +19,7 @@ use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayRequestId;
 use crate::metrics::{Done, Metrics, RouteMetrics};
 use crate::request_id::X_REQUEST_ID;
+use crate::telemetry::{Finished, RequestTrace};
 use crate::usage::Scanner;
 
 /// How a response body ended.
@@ -78,6 +79,8 @@ pub struct Exchange {
     turn: Option<crate::traffic::pace::Turn>,
     /// Reads the model's usage from a JSON or event-stream answer.
     usage: Option<Scanner>,
+    /// The request's spans, when tracing is on.
+    trace: Option<RequestTrace>,
     finished: bool,
 }
 
@@ -110,8 +113,19 @@ impl Exchange {
             upstream: None,
             turn: None,
             usage: None,
+            trace: None,
             finished: false,
         }
+    }
+
+    /// Traces this request (its server span started from the client's headers).
+    pub fn trace_with(&mut self, trace: RequestTrace) {
+        self.trace = Some(trace);
+    }
+
+    /// The request's spans, when it is traced.
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
     }
 
     /// This request's id (the client's, or a new one).
@@ -192,6 +206,9 @@ impl Exchange {
             let content_type = response.headers().get(http::header::CONTENT_TYPE);
             self.usage = Scanner::for_content_type(content_type.and_then(|v| v.to_str().ok()));
         }
+        if let Some(trace) = &mut self.trace {
+            trace.body_started();
+        }
         let expected = framed_length(&self.method, &response);
         let (parts, body) = response.into_parts();
         let body = ResponseBody {
@@ -230,6 +247,16 @@ impl Exchange {
             self.metrics.model_tokens(self.route_name(), u);
         }
         let usage = usage.unwrap_or_default();
+        if let Some(mut trace) = self.trace.take() {
+            trace.finish(&Finished {
+                status: self.status,
+                attempts: self.attempts,
+                request_id: self.request_id.to_str().unwrap_or_default(),
+                gateway_request_id: self.gateway_request_id.as_deref(),
+                outcome: outcome.as_str(),
+                error: self.error,
+            });
+        }
         let peer = self.conn.peer().map(|p| p.to_string());
         tracing::info!(
             target: "modelarts_proxy::access",

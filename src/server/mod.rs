@@ -189,6 +189,10 @@ impl Daemon {
             // Joining the threads blocks: off the async thread.
             let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
         }
+        // The last spans go to the collector before the process ends.
+        if let Some(telemetry) = self.shared.state.load().telemetry.clone() {
+            telemetry.shutdown().await;
+        }
     }
 }
 
