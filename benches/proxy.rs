@@ -21,6 +21,12 @@
 //! * `request/proxy_apikey_paced_fallback`: the same with `rate`, `concurrency`
 //!   (never reached) and a `[[route.fallback]]`: the pacing gate and the
 //!   target choice on the happy path.
+//! * `request/proxy_apikey_traced`: `proxy_apikey` through a second proxy with
+//!   `[telemetry]` on (`sample_ratio = 1.0`): four spans per request, encoded
+//!   and posted to a collector (the trivial upstream) in batches.
+//! * `request/proxy_apikey_traced_unsampled`: the same with `sample_ratio = 0.0`:
+//!   the spans are made but not recorded; only the `traceparent` goes upstream.
+//!   `proxy_apikey` is the same request with tracing off (no endpoint).
 //!
 //! All three send the same POST with a small JSON body to the same trivial
 //! upstream (reads the body, answers 200 with a small JSON), so the only
@@ -64,6 +70,33 @@ type BenchClient = Client<HttpConnector, Full<Bytes>>;
 struct Servers {
     upstream: SocketAddr,
     proxy: SocketAddr,
+    /// `[telemetry]` on, every trace sampled.
+    traced: SocketAddr,
+    /// `[telemetry]` on, none sampled.
+    unsampled: SocketAddr,
+}
+
+/// A proxy from `toml`, serving in the background.
+async fn serve(toml: &str) -> SocketAddr {
+    // Literal secrets in the config draw warnings; irrelevant here.
+    let validated = modelarts_proxy::config::load(toml, &modelarts_proxy::credentials::System)
+        .unwrap_or_else(|problems| panic!("bench config rejected: {problems:?}"));
+    let state = modelarts_proxy::state::State::build(validated.config)
+        .unwrap_or_else(|problems| panic!("cannot build the proxy state: {problems:?}"));
+    let daemon = modelarts_proxy::server::Daemon::bind(state).await.unwrap();
+    let proxy = daemon.local_addrs()[0];
+    tokio::spawn(daemon.run(modelarts_proxy::server::Once::new(std::future::pending())));
+    proxy
+}
+
+/// A proxy with one API-key route and tracing on, exporting to `collector`.
+async fn traced(upstream: SocketAddr, collector: SocketAddr, ratio: f64) -> SocketAddr {
+    serve(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nsample_ratio = {ratio:.1}\n\
+         [[route]]\nprefix = \"/apikey\"\nupstream = \"http://{upstream}{SERVICE_PATH}\"\ncredentials = \"appcode\"\n\
+         [credentials.appcode]\ntype = \"apikey\"\napp_code = \"bench-app-code\"\n"
+    ))
+    .await
 }
 
 /// The trivial upstream: reads the whole body, answers 200 with a small JSON.
@@ -184,15 +217,15 @@ type = "apikey"
 app_code = "bench-app-code"
 "#
     );
-    // Literal secrets in the config draw warnings; irrelevant here.
-    let validated = modelarts_proxy::config::load(&toml, &modelarts_proxy::credentials::System)
-        .unwrap_or_else(|problems| panic!("bench config rejected: {problems:?}"));
-    let state = modelarts_proxy::state::State::build(validated.config)
-        .unwrap_or_else(|problems| panic!("cannot build the proxy state: {problems:?}"));
-    let daemon = modelarts_proxy::server::Daemon::bind(state).await.unwrap();
-    let proxy = daemon.local_addrs()[0];
-    tokio::spawn(daemon.run(modelarts_proxy::server::Once::new(std::future::pending())));
-    Servers { upstream, proxy }
+    let proxy = serve(&toml).await;
+    // The trivial upstream doubles as the collector: it reads the batch and answers 200.
+    let collector = trivial_upstream().await;
+    Servers {
+        upstream,
+        proxy,
+        traced: traced(upstream, collector, 1.0).await,
+        unsampled: traced(upstream, collector, 0.0).await,
+    }
 }
 
 fn post(uri: &Uri) -> Request<Full<Bytes>> {
@@ -243,6 +276,10 @@ fn request(c: &mut Criterion) {
     let paced: Uri = format!("http://{}/apikey_paced_fallback", servers.proxy)
         .parse()
         .unwrap();
+    let traced: Uri = format!("http://{}/apikey", servers.traced).parse().unwrap();
+    let unsampled: Uri = format!("http://{}/apikey", servers.unsampled)
+        .parse()
+        .unwrap();
 
     // Not measured: the AK/SK route signs correctly (the stand-in checks the
     // signature), and every measured target answers 200.
@@ -262,6 +299,8 @@ fn request(c: &mut Criterion) {
             &proxy_apikey,
             &retries_off,
             &paced,
+            &traced,
+            &unsampled,
         ] {
             assert_eq!(&round_trip(&client, uri).await[..], UPSTREAM_REPLY);
         }
@@ -276,6 +315,8 @@ fn request(c: &mut Criterion) {
         ("proxy_apikey", &proxy_apikey),
         ("proxy_apikey_retries_off", &retries_off),
         ("proxy_apikey_paced_fallback", &paced),
+        ("proxy_apikey_traced", &traced),
+        ("proxy_apikey_traced_unsampled", &unsampled),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| rt.block_on(round_trip(&client, uri)));

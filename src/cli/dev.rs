@@ -454,6 +454,8 @@ impl Sources for Demo {
             "DEMO_SK" => Some(self.sk.clone()),
             "DEMO_PASSWORD" => Some(self.password.clone()),
             "DEMO_APP_CODE" => Some(self.app_code.clone()),
+            // Traces to a local collector: OTEL_EXPORTER_OTLP_ENDPOINT and friends.
+            otel if otel.starts_with("OTEL_") => std::env::var(otel).ok(),
             _ => None,
         }
     }
