@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -77,19 +79,22 @@ impl Telemetry {
     /// The server span of a request, continuing the client's trace.
     pub fn request(&self, method: &str, path: &str, headers: &HeaderMap) -> RequestTrace {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
-        let span = self
+        let mut span = self
             .tracer
             .span_builder(method.to_owned())
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.to_owned()),
-                KeyValue::new("url.path", path.to_owned()),
-            ])
             .start_with_context(&self.tracer, &parent);
+        // An unsampled trace only passes its context on: no attributes, no child spans.
+        let sampled = span.is_recording();
+        if sampled {
+            span.set_attribute(KeyValue::new("http.request.method", method.to_owned()));
+            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
+        }
         RequestTrace {
             tracer: self.tracer.clone(),
             server: parent.with_span(span),
             body: None,
+            sampled,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct RequestTrace {
     tracer: SdkTracer,
     server: Context,
     body: Option<Context>,
+    /// Recorded and exported; otherwise only the context goes upstream.
+    sampled: bool,
 }
 
 impl RequestTrace {
@@ -113,6 +120,9 @@ impl RequestTrace {
 
     /// Names the server span after its route (`POST /v1/infers`).
     pub fn route(&self, method: &str, route: &str) {
+        if !self.sampled {
+            return;
+        }
         let span = self.server.span();
         span.update_name(Cow::Owned(format!("{method} {route}")));
         span.set_attribute(KeyValue::new("http.route", route.to_owned()));
@@ -120,11 +130,14 @@ impl RequestTrace {
     }
 
     /// The wait for a credential and the signature; ends when dropped.
-    pub fn credential(&self, name: Option<&str>) -> Span {
+    pub fn credential(&self, name: Option<&str>) -> Option<Span> {
+        if !self.sampled {
+            return None;
+        }
         let attributes = name
             .map(|n| vec![KeyValue::new("modelarts_proxy.credentials", n.to_owned())])
             .unwrap_or_default();
-        self.child("credential", SpanKind::Internal, attributes)
+        Some(self.child("credential", SpanKind::Internal, attributes))
     }
 
     /// Attempt number `attempt` to `uri`; its `traceparent` goes into `headers`.
@@ -144,11 +157,14 @@ impl RequestTrace {
         let span = self.child("upstream", SpanKind::Client, attributes);
         let cx = self.server.with_span(span);
         TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
-        Attempt(cx)
+        Attempt(Some(cx))
     }
 
     /// The response head was sent: the body's span starts.
     pub fn body_started(&mut self) {
+        if !self.sampled {
+            return;
+        }
         let span = self.child("response body", SpanKind::Internal, Vec::new());
         self.body = Some(self.server.with_span(span));
     }
@@ -161,6 +177,10 @@ impl RequestTrace {
             body.span().end();
         }
         let span = self.server.span();
+        if !self.sampled {
+            span.end();
+            return;
+        }
         let mut attributes = vec![
             KeyValue::new("http.response.status_code", i64::from(end.status)),
             KeyValue::new("modelarts_proxy.attempts", i64::from(end.attempts)),
@@ -196,13 +216,16 @@ pub struct Finished<'a> {
     pub error: Option<&'static str>,
 }
 
-/// An upstream attempt's span; ends when dropped.
-pub struct Attempt(Context);
+/// An upstream attempt's span (none when unsampled); ends when dropped.
+pub struct Attempt(Option<Context>);
 
 impl Attempt {
     /// The upstream's answer (or none: `status` 0).
     pub fn answered(&self, status: u16) {
-        let span = self.0.span();
+        let Some(cx) = &self.0 else {
+            return;
+        };
+        let span = cx.span();
         if status > 0 {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
@@ -221,7 +244,9 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        self.0.span().end();
+        if let Some(cx) = &self.0 {
+            cx.span().end();
+        }
     }
 }
 
