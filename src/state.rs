@@ -101,8 +101,23 @@ impl State {
         } else {
             runtime.clock.clone()
         };
+        // Credential endpoints on the pod's node (Pod Identity) are never
+        // reached through an egress proxy: the request carries the pod's token.
+        let direct = if config.egress == crate::config::Egress::default() {
+            client.clone()
+        } else {
+            crate::client::build(&config.upstream_tls, &crate::config::Egress::default()).map_err(
+                |message| {
+                    vec![Problem {
+                        path: "upstream_tls.ca_file".to_owned(),
+                        message,
+                    }]
+                },
+            )?
+        };
         let cx = auth::Context {
             client: client.clone(),
+            direct,
             sources: runtime.sources.clone(),
             clock: clock.clone(),
             metrics: runtime.metrics.clone(),
@@ -120,7 +135,11 @@ impl State {
                 .filter(|p| {
                     p.config.server.clock_skew_correction == config.server.clock_skew_correction
                 })
-                .filter(|_| spec.assumed_with().is_none_or(|base| kept.contains(base)))
+                .filter(|p| {
+                    spec.assumed_with().is_none_or(|base| {
+                        kept.contains(base) || same_fixed_key(p, &config.credentials, base)
+                    })
+                })
                 .and_then(|p| {
                     let same = match (p.config.credentials.get(name)?, spec) {
                         (Credentials::Token(a), Credentials::Token(b)) => a == b,
@@ -231,5 +250,24 @@ impl Shared {
             clock: state.clock.clone(),
             state: ArcSwap::from_pointee(state),
         }
+    }
+}
+
+/// True when `[credentials.{name}]` is the same long-lived AK/SK in the
+/// previous state and in `now` (its provider is restarted by a reload, but an
+/// agency it assumes keeps its keys).
+fn same_fixed_key(
+    previous: &State,
+    now: &std::collections::BTreeMap<String, Credentials>,
+    name: &str,
+) -> bool {
+    match (previous.config.credentials.get(name), now.get(name)) {
+        (Some(Credentials::AkSk(a)), Some(Credentials::AkSk(b))) => {
+            a.source == b.source
+                && a.current.project_id == b.current.project_id
+                && a.current.key.access_key == b.current.key.access_key
+                && a.current.key.secret_key.expose() == b.current.key.secret_key.expose()
+        }
+        _ => false,
     }
 }

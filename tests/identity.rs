@@ -764,3 +764,33 @@ async fn an_app_signs_with_its_app_key_and_secret() {
             .contains(&format!("Access={AK},"))
     );
 }
+
+/// A signature the gateway rejected is not mended by new keys: the request
+/// is not replayed with them (one send), though new keys are asked for.
+#[tokio::test]
+async fn a_rejected_signature_is_not_replayed_with_new_keys() {
+    let (gw, _stats) = gateway(|s| s.with_pod_identity(pod_identity(HOUR, false))).await;
+    let sends = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sends.clone();
+    let rejecting = upstream(move |_req| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            text_response(
+                401,
+                r#"{"error_code":"APIG.0301","error_msg":"Incorrect IAM authentication information: verify aksk signature fail","request_id":"r1"}"#,
+            )
+        }
+    })
+    .await;
+    let dir = files("rejected");
+    let token_file = dir.join("token");
+    write(&token_file, SA_TOKEN);
+    let proxy = start_proxy(&format!(
+        "[[route]]\nupstream = \"http://{rejecting}/v1\"\ncredentials = \"c\"\n[credentials.c]\n{}\n",
+        pod_table(gw, &token_file, "")
+    ))
+    .await;
+    let (parts, _) = post(&proxy).await;
+    assert_eq!(parts.status, 401);
+    assert_eq!(sends.load(Ordering::SeqCst), 1, "not replayed");
+}

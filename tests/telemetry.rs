@@ -265,3 +265,24 @@ async fn with_no_endpoint_nothing_is_traced_and_the_clients_traceparent_passes()
     assert_eq!(send(req).await.0.status, 200);
     assert_eq!(seen.lock().unwrap()[0].0.as_deref(), Some(client.as_str()));
 }
+
+/// Stopping exports what is queued first: the spans of the last request
+/// reach the collector before the daemon's task ends.
+#[tokio::test]
+async fn stopping_exports_the_last_spans() {
+    let (collector, spans) = receiver().await;
+    let (up, _) = recording_upstream().await;
+    let mut proxy = traced_proxy(up, &format!("otlp_endpoint = \"http://{collector}\"")).await;
+    let (parts, _) = get(&proxy.url("/v1/last")).await;
+    assert_eq!(parts.status, 200);
+    proxy.shutdown();
+    tokio::time::timeout(TEST_DEADLINE, &mut proxy.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let spans = spans.lock().unwrap();
+    assert!(
+        spans.iter().any(|s| s.kind == 2),
+        "the server span was exported before the daemon stopped: {spans:#?}"
+    );
+}

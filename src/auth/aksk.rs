@@ -103,8 +103,9 @@ pub fn decorate(
     now: DateTime<Utc>,
 ) -> Result<SigningOutput, DecorateError> {
     if let Some(token) = &creds.key.security_token {
-        let value = HeaderValue::from_str(token.expose())
+        let mut value = HeaderValue::from_str(token.expose())
             .map_err(|_| DecorateError::Credential("security token"))?;
+        value.set_sensitive(true);
         headers.insert(X_SECURITY_TOKEN, value);
     }
     if let Some(project) = &creds.project_id {

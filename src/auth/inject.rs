@@ -496,7 +496,15 @@ impl Recovery {
             // Temporary AK/SK rejected (revoked, or the agency changed): new
             // ones (one fetch for every request that saw the old), and a kept
             // request signed with them and sent once more.
+            // New keys cannot mend a signature the gateway rejected (a
+            // request rewritten on the way, a clock): asked for, not waited on.
             (Used::TemporaryKey { creds, used, .. }, None) => {
+                creds.request_renewal(&used);
+                None
+            }
+            (Used::TemporaryKey { creds, used, .. }, Some(_))
+                if gateway.is_some_and(GatewayError::is_signature_rejection) =>
+            {
                 creds.request_renewal(&used);
                 None
             }

@@ -71,6 +71,8 @@ pub enum Provider {
 #[derive(Clone)]
 pub struct Context {
     pub client: HttpClient,
+    /// The same, never through an egress proxy (for Pod Identity).
+    pub direct: HttpClient,
     pub sources: Arc<dyn Sources>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
@@ -321,7 +323,7 @@ fn start_temporary(
             let fetcher = pod_identity::PodIdentityFetcher {
                 spec: spec.clone(),
                 project_id,
-                client: cx.client.clone(),
+                client: cx.direct.clone(),
                 sources: cx.sources.clone(),
             };
             let file = Some(spec.token_file.clone());

@@ -35,6 +35,12 @@ impl StsOidcFetcher {
             message: format!("cannot read the id token file {}: {e}", file.display()),
             permanent: false,
         })?;
+        if id_token.trim().is_empty() {
+            return Err(FetchError {
+                message: format!("the id token file {} is empty", file.display()),
+                permanent: false,
+            });
+        }
         let body = serde_json::json!({
             "provider_urn": self.spec.provider_urn,
             "agency_urn": self.spec.agency_urn,

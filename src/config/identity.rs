@@ -524,7 +524,16 @@ pub(super) fn auto(
             return None;
         }
     }
-    // 3. CCE Pod Identity.
+    // 3. CCE Pod Identity. Half of it is an error: never the node's identity instead.
+    if env(ENV_POD_IDENTITY_URI).is_none() && env(ENV_POD_IDENTITY_TOKEN_FILE).is_some() {
+        report.error(
+            path,
+            format!(
+                "\"auto\": {ENV_POD_IDENTITY_TOKEN_FILE} is set but {ENV_POD_IDENTITY_URI} is not"
+            ),
+        );
+        return None;
+    }
     if let Some(endpoint) = env(ENV_POD_IDENTITY_URI) {
         let Some(token_file) = env(ENV_POD_IDENTITY_TOKEN_FILE) else {
             report.error(
@@ -533,7 +542,11 @@ pub(super) fn auto(
             );
             return None;
         };
-        let Ok(endpoint) = endpoint.parse::<Uri>() else {
+        let Some(endpoint) = endpoint
+            .parse::<Uri>()
+            .ok()
+            .filter(|u| u.scheme().is_some() && u.authority().is_some())
+        else {
             report.error(
                 path,
                 format!("\"auto\": {ENV_POD_IDENTITY_URI}={endpoint:?} is not a URL"),

@@ -386,6 +386,14 @@ fn auto_takes_pod_identity_and_never_the_nodes_identity() {
         errors[0].contains("HC_CONTAINER_CREDENTIALS_FULL_URI is set but HC_CONTAINER_AUTHORIZATION_TOKEN_FILE is not"),
         "a half-configured Pod Identity must not fall through to the node's identity: {errors:?}"
     );
+    let env = FakeSources::default().with_env(ENV_POD_IDENTITY_TOKEN_FILE, "/t");
+    let errors = auto(&env).unwrap_err();
+    assert!(
+        errors[0].contains("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE is set but HC_CONTAINER_CREDENTIALS_FULL_URI is not"),
+        "{errors:?}"
+    );
+    let env = pod_env().with_env(ENV_POD_IDENTITY_URI, "not a url");
+    assert!(auto(&env).unwrap_err()[0].contains("is not a URL"));
 }
 
 #[test]

@@ -64,9 +64,11 @@ impl Exporter {
     }
 }
 
-enum Control {
+pub enum Control {
     Flush(std::sync::mpsc::SyncSender<()>),
     Shutdown(std::sync::mpsc::SyncSender<()>),
+    /// The daemon stops: export everything queued, then end.
+    Stop(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The span processor: a bounded queue and the task that empties it.
@@ -83,22 +85,23 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Starts the export task on the current runtime.
+    /// Starts the export task on the current runtime; the sender stops it.
     pub fn start(
         exporter: Exporter,
         max_queue: usize,
         max_batch: usize,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> (Self, mpsc::Sender<Control>) {
         let (spans, rx) = mpsc::channel(max_queue);
         let (control, control_rx) = mpsc::channel(4);
         let counts = metrics.clone();
         tokio::spawn(export_loop(exporter, rx, control_rx, max_batch, counts));
-        Queue {
+        let queue = Queue {
             spans,
-            control,
+            control: control.clone(),
             metrics,
-        }
+        };
+        (queue, control)
     }
 
     fn count(&self, outcome: &'static str, n: u64) {
@@ -204,6 +207,7 @@ async fn export_loop(
                 match asked {
                     Control::Flush(done) => { let _ = done.send(()); }
                     Control::Shutdown(done) => { let _ = done.send(()); return; }
+                    Control::Stop(done) => { let _ = done.send(()); return; }
                 }
             }
         }

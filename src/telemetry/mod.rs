@@ -29,6 +29,8 @@ pub struct Telemetry {
     pub config: Config,
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Stops the export task once it has exported what is queued.
+    control: tokio::sync::mpsc::Sender<export::Control>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -51,7 +53,8 @@ impl Telemetry {
             url: config.traces_url.clone(),
             resource: (&resource).into(),
         };
-        let queue = export::Queue::start(exporter, config.max_queue, config.max_batch, metrics);
+        let (queue, control) =
+            export::Queue::start(exporter, config.max_queue, config.max_batch, metrics);
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sample_ratio,
@@ -64,16 +67,19 @@ impl Telemetry {
             config: config.clone(),
             provider,
             tracer,
+            control,
         })
     }
 
-    /// Exports what is queued and stops (waits up to 3 s; off the async thread).
+    /// Exports what is queued and stops, waiting up to 3 s for the collector.
     pub async fn shutdown(self: Arc<Self>) {
+        let (done, exported) = tokio::sync::oneshot::channel();
+        if self.control.send(export::Control::Stop(done)).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), exported).await;
+        }
+        // The provider then finds the task gone and returns at once.
         let provider = self.provider.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            provider.shutdown_with_timeout(std::time::Duration::from_secs(3))
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
 
     /// The server span of a request, continuing the client's trace.

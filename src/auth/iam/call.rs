@@ -142,7 +142,15 @@ fn build(
         Auth::Token(token) => {
             headers.insert(crate::headers::name::X_AUTH_TOKEN, token.clone());
         }
-        Auth::Signature(creds) => {
+        Auth::Signature(base) => {
+            // As the SDKs sign IAM calls: no X-Project-Id.
+            let unscoped;
+            let creds = if base.project_id.is_some() {
+                unscoped = AkSkCredentials::new(base.key.clone(), None, base.origin.clone());
+                &unscoped
+            } else {
+                base
+            };
             let host = uri.authority().map(|a| a.as_str()).unwrap_or_default();
             headers.insert(
                 header::HOST,
@@ -188,18 +196,22 @@ pub fn refused(answer: &Answer, step: &str) -> FetchError {
 
 /// A token answer: 201, the token in `X-Subject-Token`, `token.expires_at`.
 pub fn token_of(answer: Answer, step: &str) -> Result<Expiring<Token>, FetchError> {
-    if answer.status != StatusCode::CREATED {
+    // IAM answers 201; the SDKs take any success that carries the token.
+    if !answer.status.is_success() {
         return Err(refused(&answer, step));
     }
     let Some(mut header) = answer.headers.get("x-subject-token").cloned() else {
         return Err(FetchError {
-            message: format!("IAM answered 201 for {step} but sent no X-Subject-Token header"),
+            message: format!(
+                "IAM answered {} for {step} but sent no X-Subject-Token header",
+                answer.status.as_u16()
+            ),
             permanent: false,
         });
     };
     header.set_sensitive(true);
     let expires_at = parse_expires_at(&answer.body).map_err(|e| FetchError {
-        message: format!("IAM answered 201 for {step} but {e}"),
+        message: format!("IAM answered {} for {step} but {e}", answer.status.as_u16()),
         permanent: false,
     })?;
     Ok(Expiring {
@@ -242,6 +254,33 @@ pub fn service_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iam_calls_are_signed_without_the_project() {
+        let key = crate::signer::AkSk {
+            access_key: "AKBASE".into(),
+            secret_key: crate::secret::Secret::new("sk"),
+            security_token: Some(crate::secret::Secret::new("st")),
+        };
+        let creds = AkSkCredentials::new(key, Some("proj".into()), "test");
+        let request = build(
+            "https://iam.example/v3.0/OS-CREDENTIAL/securitytokens",
+            &[],
+            Auth::Signature(&creds),
+            "{}".into(),
+        )
+        .unwrap();
+        let headers = request.headers();
+        assert!(!headers.contains_key("x-project-id"), "{headers:?}");
+        assert!(
+            headers["authorization"]
+                .to_str()
+                .unwrap()
+                .starts_with("SDK-HMAC-SHA256 Access=AKBASE,")
+        );
+        assert!(headers["x-security-token"].is_sensitive());
+        assert_eq!(headers["host"], "iam.example");
+    }
 
     #[test]
     fn service_messages_are_quoted_briefly() {
