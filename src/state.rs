@@ -90,12 +90,7 @@ impl State {
             &config.egress,
             config.server.worker_threads(),
         )
-        .map_err(|message| {
-            vec![Problem {
-                path: "upstream_tls.ca_file".to_owned(),
-                message,
-            }]
-        })?;
+        .map_err(ca_problem)?;
         let clock = if config.server.clock_skew_correction {
             runtime.skew.corrected(runtime.clock.clone())
         } else {
@@ -103,17 +98,10 @@ impl State {
         };
         // Credential endpoints on the pod's node (Pod Identity) are never
         // reached through an egress proxy: the request carries the pod's token.
-        let direct = if config.egress == crate::config::Egress::default() {
-            client.clone()
-        } else {
-            crate::client::build(&config.upstream_tls, &crate::config::Egress::default()).map_err(
-                |message| {
-                    vec![Problem {
-                        path: "upstream_tls.ca_file".to_owned(),
-                        message,
-                    }]
-                },
-            )?
+        let direct = match config.egress == crate::config::Egress::default() {
+            true => client.clone(),
+            false => crate::client::build(&config.upstream_tls, &Default::default())
+                .map_err(ca_problem)?,
         };
         let cx = auth::Context {
             client: client.clone(),
@@ -124,39 +112,7 @@ impl State {
             skew: runtime.skew.clone(),
             local_clock: runtime.clock.clone(),
         };
-        let mut providers = HashMap::new();
-        let mut kept = std::collections::HashSet::new();
-        // An agency's base starts first: the agency asks it for its credential.
-        let mut order: Vec<(&String, &Credentials)> = config.credentials.iter().collect();
-        order.sort_by_key(|(_, spec)| spec.is_assumed());
-        for (name, spec) in order {
-            let reusable = previous
-                .filter(|p| p.config.upstream_tls == config.upstream_tls)
-                .filter(|p| {
-                    p.config.server.clock_skew_correction == config.server.clock_skew_correction
-                })
-                .filter(|p| {
-                    spec.assumed_with().is_none_or(|base| {
-                        kept.contains(base) || same_fixed_key(p, &config.credentials, base)
-                    })
-                })
-                .and_then(|p| {
-                    let same = match (p.config.credentials.get(name)?, spec) {
-                        (Credentials::Token(a), Credentials::Token(b)) => a == b,
-                        (Credentials::Temporary(a), Credentials::Temporary(b)) => a == b,
-                        _ => false,
-                    };
-                    same.then(|| p.providers.get(name).cloned()).flatten()
-                });
-            if let Some(kept) = &reusable {
-                kept.retry_if_failing();
-            }
-            if reusable.is_some() {
-                kept.insert(name.clone());
-            }
-            let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, &cx, &providers));
-            providers.insert(name.clone(), provider);
-        }
+        let providers = start_providers(&config, &cx, previous);
         // Reservations held by requests in flight stay with the budget they
         // came from; a reload that resizes the budget starts a new one.
         let total = config.server.buffer_budget;
@@ -178,18 +134,7 @@ impl State {
                 (r.prefix.clone(), Arc::new(t))
             })
             .collect();
-        // Kept through a reload that leaves `[telemetry]` as it was (the
-        // queue and what it holds survive); started anew otherwise.
-        let telemetry = match (
-            &config.telemetry,
-            previous.and_then(|p| p.telemetry.as_ref()),
-        ) {
-            (Some(c), Some(t)) if t.config == *c => Some(t.clone()),
-            (Some(c), _) if tokio::runtime::Handle::try_current().is_ok() => {
-                Some(Telemetry::start(c, client.clone(), runtime.metrics.clone()))
-            }
-            _ => None,
-        };
+        let telemetry = telemetry(&config, &client, &runtime, previous);
         Ok(State {
             route_metrics,
             traffic,
@@ -269,5 +214,75 @@ fn same_fixed_key(
                 && a.current.key.secret_key.expose() == b.current.key.secret_key.expose()
         }
         _ => false,
+    }
+}
+
+fn ca_problem(message: String) -> Vec<Problem> {
+    vec![Problem {
+        path: "upstream_tls.ca_file".to_owned(),
+        message,
+    }]
+}
+
+/// One provider per `[credentials.NAME]`: kept from `previous` when its
+/// table did not change (no new fetch), started otherwise, bases first.
+fn start_providers(
+    config: &Config,
+    cx: &auth::Context,
+    previous: Option<&State>,
+) -> HashMap<String, Provider> {
+    let mut providers = HashMap::new();
+    let mut kept = std::collections::HashSet::new();
+    // An agency's base starts first: the agency asks it for its credential.
+    let mut order: Vec<(&String, &Credentials)> = config.credentials.iter().collect();
+    order.sort_by_key(|(_, spec)| spec.is_assumed());
+    for (name, spec) in order {
+        let reusable = previous
+            .filter(|p| p.config.upstream_tls == config.upstream_tls)
+            .filter(|p| {
+                p.config.server.clock_skew_correction == config.server.clock_skew_correction
+            })
+            .filter(|p| {
+                spec.assumed_with().is_none_or(|base| {
+                    kept.contains(base) || same_fixed_key(p, &config.credentials, base)
+                })
+            })
+            .and_then(|p| {
+                let same = match (p.config.credentials.get(name)?, spec) {
+                    (Credentials::Token(a), Credentials::Token(b)) => a == b,
+                    (Credentials::Temporary(a), Credentials::Temporary(b)) => a == b,
+                    _ => false,
+                };
+                same.then(|| p.providers.get(name).cloned()).flatten()
+            });
+        if let Some(kept) = &reusable {
+            kept.retry_if_failing();
+        }
+        if reusable.is_some() {
+            kept.insert(name.clone());
+        }
+        let provider = reusable.unwrap_or_else(|| Provider::start(name, spec, cx, &providers));
+        providers.insert(name.clone(), provider);
+    }
+    providers
+}
+
+/// Traces: kept through a reload that leaves `[telemetry]` as it was (the
+/// queue and what it holds survive); started anew otherwise.
+fn telemetry(
+    config: &Config,
+    client: &HttpClient,
+    runtime: &Runtime,
+    previous: Option<&State>,
+) -> Option<Arc<Telemetry>> {
+    match (
+        &config.telemetry,
+        previous.and_then(|p| p.telemetry.as_ref()),
+    ) {
+        (Some(c), Some(t)) if t.config == *c => Some(t.clone()),
+        (Some(c), _) if tokio::runtime::Handle::try_current().is_ok() => {
+            Some(Telemetry::start(c, client.clone(), runtime.metrics.clone()))
+        }
+        _ => None,
     }
 }

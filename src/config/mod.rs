@@ -257,25 +257,7 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
         None => UpstreamTls::default(),
     };
 
-    let mut credentials = BTreeMap::new();
-    let mut credential_names = Vec::new();
-    if let Some(creds) = root.table(&mut report, "credentials") {
-        for (name, value) in creds.table {
-            let path = format!("credentials.{name}");
-            credential_names.push(name.clone());
-            let Value::Table(t) = value else {
-                report.error(
-                    &path,
-                    format!("expected a table, found {}", type_name(value)),
-                );
-                continue;
-            };
-            if let Some(c) = credentials::credential(&mut report, &Section::new(t, path), sources) {
-                credentials.insert(name.clone(), c);
-            }
-        }
-    }
-
+    let (mut credentials, credential_names) = credential_tables(&mut report, &root, sources);
     identity::settle_bases(&mut report, &mut credentials);
 
     let mut routes = Vec::new();
@@ -341,6 +323,35 @@ pub fn validate(table: &toml::Table, sources: &dyn Sources) -> Result<Validated,
         report.errors.sort_by(|a, b| a.path.cmp(&b.path));
         Err(report.errors)
     }
+}
+
+/// Each `[credentials.NAME]` that is valid, and every name (valid or not,
+/// so that routes naming a broken one are not reported twice).
+fn credential_tables(
+    report: &mut Report,
+    root: &Section<'_>,
+    sources: &dyn Sources,
+) -> (BTreeMap<String, Credentials>, Vec<String>) {
+    let mut credentials = BTreeMap::new();
+    let mut credential_names = Vec::new();
+    if let Some(creds) = root.table(report, "credentials") {
+        for (name, value) in creds.table {
+            let path = format!("credentials.{name}");
+            credential_names.push(name.clone());
+            let Value::Table(t) = value else {
+                report.error(
+                    &path,
+                    format!("expected a table, found {}", type_name(value)),
+                );
+                continue;
+            };
+            if let Some(c) = credentials::credential(report, &Section::new(t, path), sources) {
+                credentials.insert(name.clone(), c);
+            }
+        }
+    }
+
+    (credentials, credential_names)
 }
 
 fn route(
