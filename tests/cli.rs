@@ -952,6 +952,7 @@ async fn egress_proxy_passwords_never_reach_logs_even_at_trace_level() {
         )),
         "{output}"
     );
+    assert!(output.contains("traces: off"), "{output}");
 
     let mut run = with_env(cmd(&dir));
     run.args(["run", "-c"]).arg(&config);
@@ -989,5 +990,31 @@ async fn egress_proxy_passwords_never_reach_logs_even_at_trace_level() {
             "the egress password reached the logs"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_says_where_traces_go() {
+    let dir = temp_dir("check-traces");
+    let config = token_config(&dir, "traces", "127.0.0.1:9".parse().unwrap(), "/v1");
+    let out = cmd(&dir)
+        .env("TEST_PASSWORD", PASSWORD)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "traces: to http://127.0.0.1:4318/v1/traces (sample ratio 1, service modelarts-proxy)"
+        ),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -78,6 +78,15 @@ pub(super) async fn check(args: CheckArgs) -> u8 {
         println!("{line}");
     }
     println!("  egress: {}", config.egress.describe());
+    match &config.telemetry {
+        Some(t) => println!(
+            "  traces: to {} (sample ratio {}, service {})",
+            t.traces_url, t.sample_ratio, t.service_name
+        ),
+        None => {
+            println!("  traces: off (no [telemetry] otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)")
+        }
+    }
     if args.online {
         return match State::build(config) {
             Ok(state) => check_online(state).await,
