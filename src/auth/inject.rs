@@ -502,8 +502,12 @@ impl Recovery {
                 creds.request_renewal(&used);
                 None
             }
+            // (An AK locked after failures is mended: new keys have a new AK.)
             (Used::TemporaryKey { creds, used, .. }, Some(_))
-                if gateway.is_some_and(GatewayError::is_signature_rejection) =>
+                if gateway.is_some_and(|e| {
+                    e.is_signature_rejection()
+                        && e.message.to_ascii_lowercase().contains("signature")
+                }) =>
             {
                 creds.request_renewal(&used);
                 None
