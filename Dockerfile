@@ -20,7 +20,7 @@ COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 # The `dist` profile: whole-program LTO, what ships (Cargo.toml says why).
-RUN cargo build --profile dist --locked --bin modelarts-proxy
+RUN cargo build --profile dist --features jemalloc --locked --bin modelarts-proxy
 
 # distroless/cc has glibc and CA certificates, and no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -30,5 +30,5 @@ export PATH="$PATH:/usr/sbin"
 
 cd "$ROOT"
 # The profile that ships (fat LTO); the stand-in only issues the IAM token.
-cargo build --profile dist --quiet --bin modelarts-proxy --example stand_in
+cargo build --profile dist --features jemalloc --quiet --bin modelarts-proxy --example stand_in
 exec python3 "$ROOT/scripts/bench.py" "$@"

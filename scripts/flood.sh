@@ -5,7 +5,7 @@
 # how many real requests succeeded and how long they took, the proxy's
 # connections and RSS, and how many "accept failed" lines it logged.
 #
-#   cargo build --release --examples && cargo build --release
+#   cargo build --release --examples && cargo build --release --features jemalloc
 #   scripts/flood.sh                   # 1100 silent connections for 40 s
 #   scripts/flood.sh -n 3000 -t 60 -b /path/to/older/modelarts-proxy
 #

@@ -2,7 +2,7 @@
 # Bounded loopback load test: the `dev` stand-in service hit directly vs
 # through the proxy, with wrk.
 #
-#   cargo build --release
+#   cargo build --release --features jemalloc
 #   scripts/load.sh                      # 10 s per target, 32 connections
 #   scripts/load.sh -d 30 -c 64 -t 4     # longer, more connections, 4 wrk threads
 #
@@ -87,7 +87,7 @@ print("" if v is None else (str(v).lower() if isinstance(v, bool) else v))' "$1"
 else
     die "jq or python3 is needed to read the stand-in's JSON echo"
 fi
-[[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN: run 'cargo build --release' first (or pass -b PATH)"
+[[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN: run 'cargo build --release --features jemalloc' first (or pass -b PATH)"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/modelarts-load.XXXXXX")
 DEV_PID=

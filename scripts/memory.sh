@@ -4,7 +4,7 @@
 # the proxy buffers and hashes each one) through the proxy to an upstream
 # that waits before reading (a slow backend).
 #
-#   cargo build --release --examples && cargo build --release
+#   cargo build --release --examples && cargo build --release --features jemalloc
 #   scripts/memory.sh                 # 32 uploads, upstream reads after 3 s, 30 s settle
 #   scripts/memory.sh -n 100 -s 30    # 100 uploads
 #
@@ -36,7 +36,7 @@ while getopts "n:d:s:b:x:h" opt; do
         *) exit 2 ;;
     esac
 done
-[ -x "$BIN" ] || { echo "no proxy binary at $BIN (cargo build --release)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "no proxy binary at $BIN (cargo build --release --features jemalloc)" >&2; exit 1; }
 [ -x "$UPSTREAM_BIN" ] || { echo "no $UPSTREAM_BIN (cargo build --release --examples)" >&2; exit 1; }
 
 # shellcheck source=scripts/lib.sh

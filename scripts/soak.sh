@@ -19,7 +19,7 @@
 # backend (so a body's END_STREAM comes in an empty DATA frame of its own),
 # reloaded every -r seconds. Nothing of that may reach a client as an error.
 #
-#   cargo build --release && cargo build --release --examples
+#   cargo build --release --features jemalloc && cargo build --release --examples
 #   scripts/soak.sh                     # >= 100,000 requests, 64 connections
 #   scripts/soak.sh -n 10000 -d 5       # the short version CI runs
 #   scripts/soak.sh -u nginx -n 200000 -r 3   # through nginx, reloaded every 3 s
@@ -68,7 +68,7 @@ case $UPSTREAM in
     *) echo "-u takes stand-in or nginx" >&2; exit 2 ;;
 esac
 for b in "$BIN" "$STAND_IN"; do
-    [ -x "$b" ] || { echo "missing $b (cargo build --release && cargo build --release --examples)" >&2; exit 1; }
+    [ -x "$b" ] || { echo "missing $b (cargo build --release --features jemalloc && cargo build --release --examples)" >&2; exit 1; }
 done
 
 # shellcheck source=scripts/lib.sh
