@@ -7,6 +7,9 @@ nginx and wrk, builds the `dist` binaries: the profile that ships).
   scripts/bench.sh                         # every scenario, 5 rounds of 5 s
   scripts/bench.sh --rounds 7 --duration 5 --only tls-h1,tls-h2
   scripts/bench.sh --list                  # the scenarios
+  scripts/bench.sh --connections 64        # 64 client connections (32 by default)
+  scripts/bench.sh --one-core              # the compared proxies on CPU 0 alone, one
+                                           # worker each; wrk and the upstreams elsewhere
 
 What runs (all on 127.0.0.1, ports picked by the OS):
   upstream   nginx, 1 worker: `return 200 '{"status":"ok"}'` (15 bytes) on a
@@ -83,13 +86,16 @@ class Procs:
     def __init__(self):
         self.procs = []
 
-    def start(self, args, log, env=None):
+    def start(self, args, log, env=None, cpus=None):
+        # `cpus`: the CPUs the process (and what it starts) may run on, set
+        # before it starts, so a thread-per-core proxy sees only those.
         p = subprocess.Popen(
             args,
             stdout=open(log, "w"),
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.procs.append(p)
         return p
@@ -305,11 +311,11 @@ def start_everything(args, work, procs):
     }}""", logs=not args.quiet_logs)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     up = procs.start([nginx, "-c", upstream, "-e", os.path.join(work, "upstream", "error.log")],
-                     os.path.join(work, "upstream.out"))
+                     os.path.join(work, "upstream.out"), cpus=load_cpus(args))
     peer_p = procs.start([nginx, "-c", peer, "-e", os.path.join(work, "peer", "error.log")],
-                         os.path.join(work, "peer.out"))
+                         os.path.join(work, "peer.out"), cpus=measured_cpus(args))
     procs.start([nginx, "-c", gw, "-e", os.path.join(work, "gw", "error.log")],
-                os.path.join(work, "gw.out"))
+                os.path.join(work, "gw.out"), cpus=load_cpus(args))
     iam = procs.start(
         [os.path.join(ROOT, "target/dist/examples/stand_in"), "--listen",
          f"127.0.0.1:{ports['iam']}", "--token-lifetime", "24h"],
@@ -398,7 +404,8 @@ secret_key = {{ env = "BENCH_SK" }}
     for name, port, http2 in (("proxy", ports["proxy"], "auto"), ("proxy_h1", ports["proxy_h1"], "http1")):
         cfg = os.path.join(work, f"{name}.toml")
         open(cfg, "w").write(proxy_config(port, http2))
-        proxies[name] = procs.start([binary, "run", "-c", cfg], os.path.join(work, f"{name}.log"), env=env)
+        proxies[name] = procs.start([binary, "run", "-c", cfg], os.path.join(work, f"{name}.log"), env=env,
+                                    cpus=measured_cpus(args))
         wait_port(port)
     # The token route answers once the first token is in.
     for _ in range(100):
@@ -463,10 +470,24 @@ def ms(text):
     return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
 
 
-def wrk(url, script, connections, duration):
+def measured_cpus(args):
+    """--one-core: the proxies compared (ours and the nginx peer) get CPU 0."""
+    return {0} if args.one_core else None
+
+
+def load_cpus(args):
+    """--one-core: wrk and the upstreams stay off CPU 0."""
+    if not args.one_core:
+        return None
+    rest = set(os.sched_getaffinity(0)) - {0}
+    return rest or None
+
+
+def wrk(url, script, connections, duration, cpus=None):
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script, url],
         capture_output=True, text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     ).stdout
     r = {"raw": out}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -490,10 +511,10 @@ def run_one(sc, work, pids, args):
     script = lua(work, name, method, body)
     conns = conns or args.connections
     watched = pids_of(pids[who]) if who else []
-    wrk(url, script, conns, 1)  # warm-up (connections, pools, TLS sessions)
+    wrk(url, script, conns, 1, load_cpus(args))  # warm-up (connections, pools, TLS sessions)
     reset_peak(watched)
     cpu0 = cpu_seconds(watched)
-    r = wrk(url, script, conns, args.duration)
+    r = wrk(url, script, conns, args.duration, load_cpus(args))
     cpu = cpu_seconds(watched) - cpu0
     r["cpu_per_10k"] = cpu / r["requests"] * 10_000 if who and r["requests"] else float("nan")
     r["rss"] = peak_rss_mib(watched) if who else float("nan")
@@ -652,6 +673,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5, help="seconds per measured run")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--one-core", action="store_true",
+                    help="the proxies compared run on CPU 0 alone (one worker each); wrk and the upstreams elsewhere")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="nginx peer workers")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--quiet-logs", action="store_true", help="no access logs in either proxy")
@@ -662,6 +685,8 @@ def main():
     ap.add_argument("--serve", action="store_true",
                     help="start everything, print the ports and PIDs, wait for Ctrl-C (to profile by hand)")
     args = ap.parse_args()
+    if args.one_core:
+        args.threads = 1  # one nginx worker, as one proxy worker
     if args.sse_upstream:
         return sse_upstream(args.sse_upstream)
 
