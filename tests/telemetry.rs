@@ -103,7 +103,7 @@ async fn a_request_is_a_server_span_continuing_the_clients_trace() {
     let (collector, spans) = receiver().await;
     let (up, seen) = recording_upstream().await;
     let proxy = traced_proxy(up, &format!("otlp_endpoint = \"http://{collector}\"")).await;
-    let req = request("POST", &proxy.url("/v1/predict"))
+    let req = request("POST", &proxy.url("/v1/predict?user=alice"))
         .header("content-type", "application/json")
         .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
         .header("x-request-id", "req-123")
@@ -163,6 +163,11 @@ async fn a_request_is_a_server_span_continuing_the_clients_trace() {
     assert_eq!(
         attribute(attempt, "http.response.status_code"),
         Some(Value::IntValue(200))
+    );
+    assert_eq!(
+        attribute(attempt, "url.full"),
+        Some(Value::StringValue(format!("http://{up}/v1/predict"))),
+        "the query stays out of the trace"
     );
     let (traceparent, signed, authorization) = seen.lock().unwrap()[0].clone();
     assert_eq!(

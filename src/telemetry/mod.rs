@@ -157,7 +157,16 @@ impl RequestTrace {
         let attributes = vec![
             KeyValue::new("http.request.method", method.to_owned()),
             KeyValue::new("server.address", uri.host().unwrap_or_default().to_owned()),
-            KeyValue::new("url.full", uri.to_string()),
+            // Without the query: it is the client's data, not for a collector.
+            KeyValue::new(
+                "url.full",
+                format!(
+                    "{}://{}{}",
+                    uri.scheme_str().unwrap_or("http"),
+                    uri.authority().map_or("", |a| a.as_str()),
+                    uri.path()
+                ),
+            ),
             KeyValue::new("http.request.resend_count", i64::from(attempt) - 1),
         ];
         let span = self.child("upstream", SpanKind::Client, attributes);
