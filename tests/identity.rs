@@ -794,3 +794,37 @@ async fn a_rejected_signature_is_not_replayed_with_new_keys() {
     assert_eq!(parts.status, 401);
     assert_eq!(sends.load(Ordering::SeqCst), 1, "not replayed");
 }
+
+/// An agency assumed with an unchanged long-lived AK/SK keeps its keys
+/// through a reload: no new call to IAM (which is down), no failed request.
+#[tokio::test]
+async fn a_reload_keeps_an_agency_whose_key_did_not_change() {
+    let (gw, stats) = gateway(|s| s.with_agency(agency())).await;
+    let dir = files("agency-reload");
+    write(&dir.join("ak"), AK);
+    write(&dir.join("sk"), SK);
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nupstream = \"http://{gw}/v1/infers/svc\"\ncredentials = \"c\"\n\
+             [credentials.c]\ntype = \"aksk\"\nsource = \"assume_agency\"\nbase = \"key\"\ndomain_name = \"partner\"\n\
+             agency_name = \"modelarts-invoke\"\niam_endpoint = \"http://{gw}\"\nmax_wait = \"2s\"\n\
+             [credentials.key]\ntype = \"aksk\"\naccess_key = {{ file = \"{}\" }}\nsecret_key = {{ file = \"{}\" }}\n",
+            dir.join("ak").display(),
+            dir.join("sk").display()
+        ),
+    )
+    .unwrap();
+    let proxy = start_proxy(&std::fs::read_to_string(&config).unwrap()).await;
+    ok(&proxy).await;
+    assert_eq!(stats.assume_role_calls.load(Ordering::SeqCst), 1);
+    stats.iam_down.store(true, Ordering::SeqCst);
+    assert!(modelarts_proxy::cli::reload(&proxy.shared, &config));
+    ok(&proxy).await;
+    assert_eq!(
+        stats.assume_role_calls.load(Ordering::SeqCst),
+        1,
+        "kept, not fetched again"
+    );
+}
