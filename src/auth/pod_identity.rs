@@ -15,7 +15,7 @@ use http::{HeaderValue, StatusCode, header};
 use super::aksk::AkSkCredentials;
 use super::iam::call::{self, Auth, Call, service_message};
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
-use super::temporary::parse_credential;
+use super::temporary::{parse_credential, read_token_file};
 use crate::client::HttpClient;
 use crate::config::PodIdentitySpec;
 use crate::credentials::Sources;
@@ -35,28 +35,13 @@ impl PodIdentityFetcher {
     /// The token file, read now (never quoted in errors).
     fn service_account_token(&self) -> Result<HeaderValue, FetchError> {
         let file = &self.spec.token_file;
-        let text = self.sources.read_file(file).map_err(|e| FetchError {
-            message: format!(
-                "cannot read the service-account token file {} for CCE Pod Identity: {e}",
-                file.display()
-            ),
-            permanent: false,
-        })?;
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(FetchError {
-                message: format!(
-                    "the service-account token file {} for CCE Pod Identity is empty",
-                    file.display()
-                ),
-                permanent: false,
-            });
-        }
-        let mut value = HeaderValue::from_str(text).map_err(|_| FetchError {
-            message: format!(
-                "the service-account token file {} holds characters not allowed in a header",
-                file.display()
-            ),
+        let what = format!(
+            "the service-account token file {} for CCE Pod Identity",
+            file.display()
+        );
+        let token = read_token_file(&*self.sources, file, &what)?;
+        let mut value = HeaderValue::from_str(token.expose()).map_err(|_| FetchError {
+            message: format!("{what} holds characters not allowed in a header"),
             permanent: false,
         })?;
         value.set_sensitive(true);
@@ -90,7 +75,7 @@ impl PodIdentityFetcher {
                     status.as_u16(),
                     service_message(&answer.body)
                 ),
-                permanent: status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS,
+                permanent: call::will_not_heal(status),
             });
         }
         parse_credential(&answer.body).map_err(|e| FetchError {

@@ -10,9 +10,9 @@ use crate::auth::temporary::ready;
 use std::sync::Arc;
 
 use super::aksk::AkSkCredentials;
-use super::iam::call::{self, Auth, Call, IAM_TIMEOUT, service_message};
+use super::iam::call::{self, Auth, Call, IAM_TIMEOUT};
 use super::refresh::{BoxFuture, Expiring, Fetch, FetchError};
-use super::temporary::parse_credential;
+use super::temporary::{parse_credential, read_token_file};
 use crate::client::HttpClient;
 use crate::config::StsOidcSpec;
 use crate::credentials::Sources;
@@ -31,21 +31,13 @@ pub struct StsOidcFetcher {
 impl StsOidcFetcher {
     pub async fn fetch_key(&self) -> Result<Expiring<crate::signer::AkSk>, FetchError> {
         let file = &self.spec.id_token_file;
-        let id_token = self.sources.read_file(file).map_err(|e| FetchError {
-            message: format!("cannot read the id token file {}: {e}", file.display()),
-            permanent: false,
-        })?;
-        if id_token.trim().is_empty() {
-            return Err(FetchError {
-                message: format!("the id token file {} is empty", file.display()),
-                permanent: false,
-            });
-        }
+        let what = format!("the id token file {}", file.display());
+        let id_token = read_token_file(&*self.sources, file, &what)?;
         let body = serde_json::json!({
             "provider_urn": self.spec.provider_urn,
             "agency_urn": self.spec.agency_urn,
             "agency_session_name": self.spec.session_name,
-            "id_token": id_token.trim(),
+            "id_token": id_token.expose(),
             "duration_seconds": self.duration.as_secs(),
         })
         .to_string();
@@ -63,15 +55,7 @@ impl StsOidcFetcher {
         };
         let answer = call::post(&self.client, &call, &[], Auth::None, body).await?;
         if !answer.status.is_success() {
-            return Err(FetchError {
-                message: format!(
-                    "IAM STS refused {step}: HTTP {}: {}",
-                    answer.status.as_u16(),
-                    service_message(&answer.body)
-                ),
-                permanent: answer.status.is_client_error()
-                    && answer.status != http::StatusCode::TOO_MANY_REQUESTS,
-            });
+            return Err(call::refused_by("IAM STS", &answer, &step));
         }
         parse_credential(&answer.body).map_err(|e| FetchError {
             message: format!("IAM STS answered for {step}, but {e}"),

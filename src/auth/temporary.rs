@@ -12,6 +12,27 @@ use super::refresh::Expiring;
 use crate::secret::Secret;
 use crate::signer::AkSk;
 
+/// A token file (a projected service-account token, an OIDC id token),
+/// read now and trimmed; `what` names it in errors (`the id token file
+/// /p`), which never quote its contents.
+pub fn read_token_file(
+    sources: &dyn crate::credentials::Sources,
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Secret, super::refresh::FetchError> {
+    let failed = |message| super::refresh::FetchError {
+        message,
+        permanent: false,
+    };
+    let text = sources
+        .read_file(path)
+        .map_err(|e| failed(format!("cannot read {what}: {e}")))?;
+    match text.trim() {
+        "" => Err(failed(format!("{what} is empty"))),
+        token => Ok(Secret::new(token)),
+    }
+}
+
 /// A fetched key as requests are signed with it; `origin` says where it came from.
 pub fn ready(
     fetched: Expiring<AkSk>,

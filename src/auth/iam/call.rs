@@ -180,18 +180,26 @@ fn build(
     request.body(full(body)).map_err(|e| e.to_string())
 }
 
-/// IAM said no: its status and message. 4xx other than 429 will not heal
-/// by retrying, so it is retried slowly.
+/// IAM said no: its status and message.
 pub fn refused(answer: &Answer, step: &str) -> FetchError {
+    refused_by("IAM", answer, step)
+}
+
+/// `service` said no to `step`: its status and its own message.
+pub fn refused_by(service: &str, answer: &Answer, step: &str) -> FetchError {
     FetchError {
         message: format!(
-            "IAM refused {step}: HTTP {}: {}",
+            "{service} refused {step}: HTTP {}: {}",
             answer.status.as_u16(),
             service_message(&answer.body)
         ),
-        permanent: answer.status.is_client_error()
-            && answer.status != StatusCode::TOO_MANY_REQUESTS,
+        permanent: will_not_heal(answer.status),
     }
+}
+
+/// 4xx other than 429 will not heal by retrying: such failures are retried slowly.
+pub fn will_not_heal(status: StatusCode) -> bool {
+    status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS
 }
 
 /// A token answer: 201, the token in `X-Subject-Token`, `token.expires_at`.

@@ -56,18 +56,8 @@ impl OidcExchange {
     /// The id token, read now (never quoted in errors).
     fn id_token(&self) -> Result<Secret, FetchError> {
         let file = &self.spec.id_token_file;
-        let text = self.sources.read_file(file).map_err(|e| FetchError {
-            message: format!("cannot read the id token file {}: {e}", file.display()),
-            permanent: false,
-        })?;
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(FetchError {
-                message: format!("the id token file {} is empty", file.display()),
-                permanent: false,
-            });
-        }
-        Ok(Secret::new(text))
+        let what = format!("the id token file {}", file.display());
+        crate::auth::temporary::read_token_file(&*self.sources, file, &what)
     }
 
     /// Step 1: an IAM token for the id token; scoped to `project` if given.
