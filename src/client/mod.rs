@@ -1,110 +1,171 @@
-//! The one shared, pooled upstream client: hyper-util's legacy `Client` over
-//! rustls, with system (or Mozilla) roots plus an optional CA file, HTTP/2
-//! when the upstream offers it by ALPN, and the egress proxy rules under TLS.
+//! The upstream client: every connection is opened by [`connect`] (TCP or
+//! the egress proxy, rustls with ALPN and the custom CA, hyper's HTTP/1.1
+//! or HTTP/2 handshake) and kept in the idle lists of the thread that
+//! opened it ([`pool`]): a worker's requests check out its own connections
+//! without a lock, and both run on that worker.
 
+mod connect;
 mod egress;
+mod error;
+mod pool;
 mod tls;
-mod uses;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Request, header};
-use hyper_rustls::HttpsConnector;
+use http::{Request, Response, header};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::crypto::CryptoProvider;
 
 pub use egress::{EgressError, Rules, Way};
-pub use uses::reused;
+pub use error::Error;
 
 use crate::config::{Egress, Http2, UpstreamTls};
 use crate::error::ProxyBody;
+use connect::Opener;
+use pool::{Mode, Next};
 
-type Pool = Client<uses::Counting<HttpsConnector<egress::Connector>>, ProxyBody>;
-
-/// The upstream client: cheap to clone; its clones share the connection
-/// pools (IAM, metadata and proxied requests share them). There is one set
-/// of pools per worker thread, plus one for every other thread, so an
-/// upstream connection's task runs on the worker whose requests use it
-/// (see [`crate::worker`]).
+/// The upstream client: cheap to clone; its clones share the connections
+/// (IAM, metadata and proxied requests share them). A connection belongs to
+/// the thread that opened it: there is one set of idle lists per worker
+/// thread (and per other thread), so an upstream connection's task runs on
+/// the worker whose requests use it (see [`crate::worker`]).
 #[derive(Clone)]
 pub struct HttpClient {
-    /// Per worker, then one for the rest.
-    pools: Arc<[Pools]>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Which idle lists are this client's on every thread; they are let go
+    /// once this is gone.
+    id: u64,
+    alive: Arc<()>,
+    /// Every ordinary request: h2 or HTTP/1.1 as `[upstream_tls] http2` says.
+    main: Opener,
+    /// WebSocket handshakes, and requests whose `Host` only HTTP/1.1 can
+    /// carry: HTTP/1.1, tunnelled through an egress proxy.
+    http1: Opener,
     rules: Arc<Rules>,
-    /// `[upstream_tls] http2 = "http2"`: the main pool speaks nothing else.
+    /// `[upstream_tls] http2 = "http2"`: the main connections speak nothing else.
     http2_only: bool,
 }
 
-/// One thread's connection pools.
-struct Pools {
-    /// Every ordinary request: h2 or HTTP/1.1 as `[upstream_tls] http2` says.
-    pool: Pool,
-    /// The same, but never pooled: a request sent again because the
-    /// upstream did not process it goes out on a fresh connection
-    /// (DESIGN §12), not on another one that may be closing too.
-    fresh: Pool,
-    /// WebSocket handshakes: HTTP/1.1 only (an upgrade has no h2 form here).
-    upgrades: Pool,
-}
+/// What a send gives: the response head, or why there is none.
+pub type ResponseResult = Result<Response<Incoming>, Error>;
 
 impl HttpClient {
-    /// This thread's pools.
-    fn here(&self) -> &Pools {
-        let rest = self.pools.len() - 1;
-        let i = crate::worker::current().filter(|&i| i < rest);
-        &self.pools[i.unwrap_or(rest)]
-    }
-
     /// Sends `req` (absolute URI), adding `Proxy-Authorization` when it goes
     /// to an egress proxy in absolute form.
-    pub fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        self.send(req, false)
+    pub async fn request(&self, req: Request<ProxyBody>) -> ResponseResult {
+        self.send(req, false).await
     }
 
     /// As [`request`](Self::request), on a connection of its own.
-    pub fn request_fresh(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        self.send(req, true)
+    pub async fn request_fresh(&self, req: Request<ProxyBody>) -> ResponseResult {
+        self.send(req, true).await
     }
 
-    fn send(&self, mut req: Request<ProxyBody>, fresh: bool) -> ResponseFuture {
+    async fn send(&self, mut req: Request<ProxyBody>, fresh: bool) -> ResponseResult {
         // HTTP/2 carries the authority in `:authority`, and servers such as
-        // nginx refuse a request that also has a Host header. hyper fills in
-        // Host for HTTP/1.1 connections from the URI (without a default
-        // port); so a Host equal to that is left to hyper, and works on
+        // nginx refuse a request that also has a Host header. An HTTP/1.1
+        // request gets its Host from the URI (without a default port) when
+        // it has none; so a Host equal to that is left out, and works on
         // either. A Host that differs (an upstream written with its default
         // port, signed verbatim) is kept, and then only HTTP/1.1 is offered.
         // A plain http:// upstream is only ever spoken to in HTTP/1.1 (no
         // ALPN) unless `http2 = "http2"`, so its Host is kept as it is.
-        let plain_h1 = req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && !self.http2_only;
+        let plain_h1 =
+            req.uri().scheme() == Some(&http::uri::Scheme::HTTP) && !self.inner.http2_only;
         if !plain_h1 {
             match req.headers().get(header::HOST) {
                 None => {}
-                Some(host) if self.http2_only || is_implied_host(host.as_bytes(), req.uri()) => {
+                Some(host)
+                    if self.inner.http2_only || is_implied_host(host.as_bytes(), req.uri()) =>
+                {
                     req.headers_mut().remove(header::HOST);
                 }
-                Some(_) => return self.here().upgrades.request(self.authorize(req)),
+                Some(_) => return self.exchange(Mode::Http1, self.authorize(req), fresh).await,
             }
         }
-        let pools = self.here();
-        let pool = if fresh { &pools.fresh } else { &pools.pool };
-        pool.request(self.authorize(req))
+        self.exchange(Mode::Main, self.authorize(req), fresh).await
     }
 
     /// Sends an `Upgrade` handshake over HTTP/1.1.
-    pub fn upgrade(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        self.here().upgrades.request(self.authorize(req))
+    pub async fn upgrade(&self, req: Request<ProxyBody>) -> ResponseResult {
+        self.exchange(Mode::Http1, self.authorize(req), false).await
+    }
+
+    /// One exchange: on a ready connection of this thread's, or on one
+    /// opened for it (`fresh`: always, and then used for this request
+    /// alone). A request that a reused connection handed back unwritten
+    /// (it was closing) goes once more, on another.
+    async fn exchange(
+        &self,
+        mode: Mode,
+        mut req: Request<ProxyBody>,
+        fresh: bool,
+    ) -> ResponseResult {
+        let inner = &*self.inner;
+        let opener = match mode {
+            Mode::Main => &inner.main,
+            Mode::Http1 => &inner.http1,
+        };
+        let (mut fresh, mut may_wait, mut handed_back) = (fresh, true, false);
+        loop {
+            let mut opened = match std::mem::take(&mut fresh) {
+                true => Some((opener.open(req.uri()).await?, false)),
+                false => None,
+            };
+            let dispatched = loop {
+                match pool::dispatch(&inner.alive, inner.id, mode, req, opened.take(), may_wait) {
+                    Ok(dispatched) => break dispatched,
+                    Err((back, Next::Wait(mut opening))) => {
+                        // Woken when the connection is in the list (or the
+                        // attempt failed: then this request opens its own).
+                        let _ = opening.changed().await;
+                        may_wait = false;
+                        req = back;
+                    }
+                    Err((back, Next::Open(waking))) => {
+                        let made = opener.open(back.uri()).await;
+                        // Those waiting wake once the connection is listed.
+                        let made = made.inspect_err(|_| drop(waking))?;
+                        opened = Some((made, true));
+                        req = back;
+                    }
+                }
+            };
+            match dispatched.sending.await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    Some(mut back) if dispatched.reused && !handed_back => {
+                        if let Some((uri, host_added)) = dispatched.undo {
+                            *back.uri_mut() = uri;
+                            if host_added {
+                                back.headers_mut().remove(header::HOST);
+                            }
+                        }
+                        tracing::trace!(
+                            "an idle upstream connection closed under a request; sending it on a new one"
+                        );
+                        req = back;
+                        handed_back = true;
+                    }
+                    _ => return Err(Error::send(e.into_error(), dispatched.reused)),
+                },
+            }
+        }
     }
 
     /// How `dst` is reached (for logs and `check`).
     pub fn way<'a>(&'a self, dst: &http::Uri) -> Way<'a> {
-        self.rules.way(dst)
+        self.inner.rules.way(dst)
     }
 
     fn authorize(&self, mut req: Request<ProxyBody>) -> Request<ProxyBody> {
-        if let Some(auth) = self.rules.forward_authorization(req.uri()) {
+        if let Some(auth) = self.inner.rules.forward_authorization(req.uri()) {
             req.headers_mut()
                 .insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
@@ -117,11 +178,6 @@ impl std::fmt::Debug for HttpClient {
         f.debug_struct("HttpClient").finish_non_exhaustive()
     }
 }
-
-/// Idle pooled connections are closed after this long. APIG's front end
-/// keeps idle connections for about 60 s; closing ours first avoids sending
-/// a request on a connection the gateway is closing.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// Response heads up to this size are accepted over HTTP/1.1 and HTTP/2
 /// alike (DESIGN §12): gateways and inference front ends add cookies, CORS
@@ -171,88 +227,51 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the client with one set of pools. Fails with a message naming
-/// the CA file when it cannot be read or holds no certificate.
+/// Builds the client. Fails with a message naming the CA file when it
+/// cannot be read or holds no certificate.
 pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
     build_for_workers(tls, egress, 0)
 }
 
-/// Builds the client with a set of pools for each of `workers` worker
-/// threads and one for every other thread.
+/// As [`build`]; the connections are per thread whatever `_workers` says
+/// (kept for callers that size the client by the daemon's workers).
 pub fn build_for_workers(
     tls: &UpstreamTls,
     egress: &Egress,
-    workers: usize,
+    _workers: usize,
 ) -> Result<HttpClient, String> {
+    static IDS: AtomicU64 = AtomicU64::new(0);
     let config = tls::client_config(tls)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let rules = Arc::new(Rules::new(egress));
-    let connector = egress::Connector::new(http.clone(), rules.clone());
-    let pools = (0..=workers)
-        .map(|_| Pools {
-            pool: main_pool(tls, &config, &connector, true),
-            fresh: main_pool(tls, &config, &connector, false),
-            upgrades: upgrade_pool(&config, &http, &rules),
-        })
-        .collect();
-    Ok(HttpClient {
-        pools,
-        rules,
-        http2_only: tls.http2 == Http2::Http2,
-    })
-}
-
-fn main_pool(
-    tls: &UpstreamTls,
-    config: &rustls::ClientConfig,
-    connector: &egress::Connector,
-    pooled: bool,
-) -> Pool {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let tls_connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.clone())
         .https_or_http();
-    let https = match tls.http2 {
-        Http2::Auto => https
-            .enable_all_versions()
-            .wrap_connector(connector.clone()),
-        Http2::Http1 => https.enable_http1().wrap_connector(connector.clone()),
-        Http2::Http2 => https.enable_http2().wrap_connector(connector.clone()),
+    let direct = egress::Connector::new(http.clone(), rules.clone());
+    let main = match tls.http2 {
+        Http2::Auto => tls_connector.enable_all_versions().wrap_connector(direct),
+        Http2::Http1 => tls_connector.enable_http1().wrap_connector(direct),
+        Http2::Http2 => tls_connector.enable_http2().wrap_connector(direct),
     };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_keep_alive_interval(H2_PING_INTERVAL)
-        .http2_keep_alive_timeout(H2_PING_TIMEOUT)
-        .http2_adaptive_window(true)
-        .http2_max_header_list_size(H2_MAX_HEADER_LIST)
-        .http2_initial_max_send_streams(H2_INITIAL_MAX_SEND_STREAMS)
-        .http2_max_concurrent_reset_streams(H2_MAX_CONCURRENT_RESET_STREAMS)
-        .http2_max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS))
-        .http2_only(tls.http2 == Http2::Http2);
-    if !pooled {
-        builder.pool_max_idle_per_host(0);
-    }
-    builder.build(uses::Counting(https))
-}
-
-fn upgrade_pool(config: &rustls::ClientConfig, http: &HttpConnector, rules: &Arc<Rules>) -> Pool {
-    Client::builder(TokioExecutor::new())
-        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(uses::Counting(
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config.clone())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(egress::Connector::tunnelling(http.clone(), rules.clone())),
-        ))
+    let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(egress::Connector::tunnelling(http, rules.clone()));
+    let http2_only = tls.http2 == Http2::Http2;
+    Ok(HttpClient {
+        inner: Arc::new(Inner {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
+            main: Opener::new(main, false, http2_only),
+            http1: Opener::new(http1, true, false),
+            rules,
+            http2_only,
+        }),
+    })
 }
 
 /// True when `host` is the Host hyper writes for an HTTP/1.1 request to

@@ -165,7 +165,7 @@ impl Once<'_> {
             let why = (!err.is_connect() && !self.body.failed())
                 .then(|| resend::classify(&err))
                 .flatten();
-            let again = why.filter(|w| w.applies(idempotent, crate::client::reused(&err)));
+            let again = why.filter(|w| w.applies(idempotent, err.reused()));
             match (again, replay) {
                 (Some(why), Some(replay)) if resends < MAX_RESENDS => {
                     resends += 1;
@@ -235,7 +235,7 @@ fn head_too_large(upstream: &Upstream, what: &dyn std::fmt::Display) -> ProxyErr
 /// client's only when its own body failed (cut at `max_body`, stalled past
 /// `idle_timeout`, broken off), the upstream's otherwise, with the cause.
 fn classify_upstream_error(
-    err: &hyper_util::client::legacy::Error,
+    err: &crate::client::Error,
     body: &Progress,
     route: &Route,
     upstream: &Upstream,

@@ -1,0 +1,300 @@
+//! The idle lists: one per thread (a worker's, or any other thread's), so
+//! a checkout takes no lock and touches no other thread's memory. Each
+//! destination keeps every connection its thread opened to it; a checkout
+//! takes the newest one that can take a request now (an idle HTTP/1.1
+//! connection, an open HTTP/2 one). Nothing is handed back after an
+//! exchange: an HTTP/1.1 connection is ready again when hyper has read the
+//! whole answer, and its task, which reads the socket all along, marks it
+//! closed as soon as the upstream closes it, so a closed connection is
+//! never chosen. Connections are opened only when none is ready, and while
+//! the protocol of a destination is not known yet, or it is HTTP/2, only
+//! one at a time: the others wait for it instead of racing it.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use futures_util::future::Either;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, Uri, header};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use tokio::sync::watch;
+
+use super::connect::{Opened, Sender};
+use crate::error::ProxyBody;
+
+/// Which connections: ordinary ones (HTTP/2 or HTTP/1.1 as configured), or
+/// HTTP/1.1 ones that can be upgraded (tunnelled through an egress proxy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    Main,
+    Http1,
+}
+
+/// One client's lists on one thread.
+struct Lists {
+    client: Weak<()>,
+    id: u64,
+    dests: Vec<Dest>,
+}
+
+struct Dest {
+    mode: Mode,
+    https: bool,
+    authority: Authority,
+    /// The `Host` an HTTP/1.1 request gets when it has none.
+    host: HeaderValue,
+    /// Learnt from the first connection: HTTP/2 connections are shared.
+    h2: Option<bool>,
+    /// A connection being opened that the others wait for.
+    opening: Option<watch::Receiver<()>>,
+    conns: Vec<Conn>,
+}
+
+struct Conn {
+    sender: Sender,
+    proxied: bool,
+    /// Requests sent on it so far.
+    uses: u64,
+    /// [`tick`] of its last request.
+    used: u64,
+}
+
+thread_local! {
+    static LISTS: RefCell<Vec<Lists>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What to do when no connection could take the request.
+pub(super) enum Next {
+    /// Another request is opening the connection this one should share.
+    Wait(watch::Receiver<()>),
+    /// Open one; the sender, when set, wakes those waiting for it (dropped
+    /// when the connection is in the list, or the attempt failed).
+    Open(Option<watch::Sender<()>>),
+}
+
+/// A request handed to a connection.
+pub(super) struct Dispatched<F> {
+    pub sending: F,
+    /// The connection had carried a request before.
+    pub reused: bool,
+    /// The absolute URI the request had before it was put in origin form,
+    /// and whether a `Host` was added, to undo both if the connection hands
+    /// the request back unwritten.
+    pub undo: Option<(Uri, bool)>,
+}
+
+pub(super) type Sent = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>;
+
+/// Hands `req` to a connection: to `opened`, just made (it joins the
+/// list when pooled; a connection of the request's own is used once), or else to a ready one from the list. Without one, the request
+/// comes back with what to do: wait for a connection being opened (only
+/// when `may_wait`), or open one.
+// The request comes back by value when no connection takes it, as hyper's
+// `try_send_request` hands it back: moving it costs less than boxing it.
+#[allow(clippy::result_large_err)]
+pub(super) fn dispatch(
+    client: &Arc<()>,
+    id: u64,
+    mode: Mode,
+    mut req: Request<ProxyBody>,
+    opened: Option<(Opened, bool)>,
+    may_wait: bool,
+) -> Result<Dispatched<impl Future<Output = Sent> + Send + 'static>, (Request<ProxyBody>, Next)> {
+    let now = tick();
+    LISTS.with_borrow_mut(|lists| {
+        let dest = dest(lists, client, id, mode, req.uri());
+        let mut own;
+        let conn = match opened {
+            Some((opened, pooled)) => {
+                dest.h2 = Some(opened.sender.is_h2());
+                own = Conn {
+                    sender: opened.sender,
+                    proxied: opened.proxied,
+                    uses: 0,
+                    used: now,
+                };
+                if pooled {
+                    dest.conns.push(own);
+                    dest.conns.last_mut().expect("just pushed")
+                } else {
+                    &mut own
+                }
+            }
+            None => {
+                // Closed connections go, and idle ones unused for too long:
+                // the gateway closes its idle connections after about 60 s.
+                dest.conns.retain(|c| c.keep(now));
+                match dest.conns.iter().rposition(|c| c.sender.is_ready()) {
+                    Some(i) => &mut dest.conns[i],
+                    None => return Err((req, dest.next(may_wait))),
+                }
+            }
+        };
+        let reused = conn.uses > 0;
+        conn.uses += 1;
+        conn.used = now;
+        let undo = match &conn.sender {
+            Sender::H1(_) => Some(http1_form(&mut req, conn.proxied, &dest.host)),
+            Sender::H2(_) => None,
+        };
+        let sending = match &mut conn.sender {
+            Sender::H1(s) => Either::Left(s.try_send_request(req)),
+            Sender::H2(s) => Either::Right(s.try_send_request(req)),
+        };
+        Ok(Dispatched {
+            sending,
+            reused,
+            undo,
+        })
+    })
+}
+
+impl Conn {
+    /// Not closed, and not idle for too long.
+    fn keep(&self, now: u64) -> bool {
+        let stale = now.saturating_sub(self.used) >= IDLE_TICKS;
+        !self.sender.is_closed() && !(stale && self.sender.is_ready())
+    }
+}
+
+impl Dest {
+    /// No connection is ready: wait for one being opened that this request
+    /// can share (HTTP/2, or a protocol not known yet), or open one.
+    fn next(&mut self, may_wait: bool) -> Next {
+        if self.h2 == Some(false) {
+            return Next::Open(None);
+        }
+        if let Some(opening) = &self.opening
+            && opening.has_changed().is_ok()
+        {
+            if may_wait {
+                return Next::Wait(opening.clone());
+            }
+            return Next::Open(None);
+        }
+        let (tx, rx) = watch::channel(());
+        self.opening = Some(rx);
+        Next::Open(Some(tx))
+    }
+}
+
+/// This thread's destination for `uri` in `mode`, made when new.
+fn dest<'a>(
+    lists: &'a mut Vec<Lists>,
+    client: &Arc<()>,
+    id: u64,
+    mode: Mode,
+    uri: &Uri,
+) -> &'a mut Dest {
+    let l = match lists.iter().position(|l| l.id == id) {
+        Some(l) => l,
+        None => {
+            // A client that is gone leaves its lists (and connections) with
+            // the next client this thread sees.
+            lists.retain(|l| l.client.strong_count() > 0);
+            lists.push(Lists {
+                client: Arc::downgrade(client),
+                id,
+                dests: Vec::new(),
+            });
+            lists.len() - 1
+        }
+    };
+    let dests = &mut lists[l].dests;
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let authority = uri.authority();
+    let d = dests
+        .iter()
+        .position(|d| d.mode == mode && d.https == https && Some(&d.authority) == authority);
+    let d = match d {
+        Some(d) => d,
+        None => {
+            dests.push(Dest {
+                mode,
+                https,
+                authority: authority
+                    .cloned()
+                    .unwrap_or_else(|| Authority::from_static("")),
+                host: host_of(uri),
+                h2: (mode == Mode::Http1).then_some(false),
+                opening: None,
+                conns: Vec::new(),
+            });
+            dests.len() - 1
+        }
+    };
+    &mut dests[d]
+}
+
+/// The `Host` hyper-util wrote for `uri`: the host, and the port unless it
+/// is the scheme's default.
+fn host_of(uri: &Uri) -> HeaderValue {
+    let host = uri.host().unwrap_or_default();
+    let default = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if Some(port) != default => HeaderValue::try_from(format!("{host}:{port}")),
+        _ => HeaderValue::try_from(host),
+    };
+    value.unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Puts `req` in HTTP/1.1's form: a `Host` if it has none, and the
+/// origin-form target (`/path?query`), or the absolute form for an egress
+/// proxy. Returns what [`Dispatched::undo`] restores.
+fn http1_form(req: &mut Request<ProxyBody>, proxied: bool, host: &HeaderValue) -> (Uri, bool) {
+    let added = match req.headers_mut().entry(header::HOST) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(host.clone());
+            true
+        }
+        http::header::Entry::Occupied(_) => false,
+    };
+    let origin = if proxied {
+        req.uri().clone()
+    } else {
+        match req.uri().path_and_query() {
+            Some(path) if path.as_str() != "/" => {
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = Some(path.clone());
+                Uri::from_parts(parts).unwrap_or_default()
+            }
+            _ => Uri::default(),
+        }
+    };
+    (std::mem::replace(req.uri_mut(), origin), added)
+}
+
+/// A connection unused for this many ticks of [`tick`] is closed (45 to
+/// 50 s: APIG's front end closes idle connections after about 60 s, and
+/// closing first avoids a request on a connection the gateway is closing).
+const IDLE_TICKS: u64 = 10;
+const TICK: Duration = Duration::from_secs(5);
+
+/// A coarse clock: [`TICK`]s since the first client was built, read with
+/// one atomic load instead of a clock read per checkout.
+fn tick() -> u64 {
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    static TICKER: OnceLock<()> = OnceLock::new();
+    TICKER.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("pool-clock".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(TICK);
+                    TICKS.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("idle upstream connections are not aged: cannot start a thread: {e}");
+        }
+    });
+    TICKS.load(Ordering::Relaxed)
+}
