@@ -157,7 +157,8 @@ impl Conn {
     /// Not closed, and not idle for too long.
     fn keep(&self, now: u64) -> bool {
         let stale = now.saturating_sub(self.used) >= IDLE_TICKS;
-        !self.sender.is_closed() && !(stale && self.sender.is_ready())
+        let idle_too_long = stale && self.sender.is_ready();
+        !self.sender.is_closed() && !idle_too_long
     }
 }
 
