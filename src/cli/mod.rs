@@ -16,6 +16,7 @@ mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -133,12 +134,26 @@ fn init_tracing(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(stderr_writer())
         .with_ansi(ansi);
     match format {
         LogFormat::Text if ansi => builder.init(),
         LogFormat::Text => builder.event_format(crate::logfmt::Text).init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Where log lines go: standard error, written with one `write(2)` per
+/// line without `std::io::Stderr`'s process-wide lock (the workers log
+/// every request at once; the lock made them wait on each other in the
+/// kernel). A line is formatted whole before it is written, so lines never
+/// interleave. Falls back to `Stderr` if the descriptor cannot be copied.
+fn stderr_writer() -> tracing_subscriber::fmt::writer::BoxMakeWriter {
+    use std::os::fd::AsFd;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => BoxMakeWriter::new(Arc::new(std::fs::File::from(fd))),
+        Err(_) => BoxMakeWriter::new(std::io::stderr),
     }
 }
 

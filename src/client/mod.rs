@@ -115,7 +115,7 @@ impl HttpClient {
         let (mut fresh, mut may_wait, mut handed_back) = (fresh, true, false);
         loop {
             let mut opened = match std::mem::take(&mut fresh) {
-                true => Some((opener.open(req.uri()).await?, false)),
+                true => Some((Box::pin(opener.open(req.uri())).await?, false)),
                 false => None,
             };
             let dispatched = loop {
@@ -129,7 +129,7 @@ impl HttpClient {
                         req = back;
                     }
                     Err((back, Next::Open(waking))) => {
-                        let made = opener.open(back.uri()).await;
+                        let made = Box::pin(opener.open(back.uri())).await;
                         // Those waiting wake once the connection is listed.
                         let made = made.inspect_err(|_| drop(waking))?;
                         opened = Some((made, true));

@@ -299,3 +299,60 @@ fn tick() -> u64 {
     });
     TICKS.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_leaves_out_the_schemes_default_port() {
+        for (uri, host) in [
+            ("https://infer.example.com/v1", "infer.example.com"),
+            ("https://infer.example.com:443/v1", "infer.example.com"),
+            (
+                "https://infer.example.com:8443/v1",
+                "infer.example.com:8443",
+            ),
+            ("http://127.0.0.1:80/", "127.0.0.1"),
+            ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
+            ("http://[::1]:9000/", "[::1]:9000"),
+        ] {
+            assert_eq!(host_of(&uri.parse().unwrap()), host, "{uri}");
+        }
+    }
+
+    fn req(uri: &str, host: Option<&str>) -> Request<ProxyBody> {
+        let mut req = Request::new(crate::error::empty());
+        *req.uri_mut() = uri.parse().unwrap();
+        if let Some(host) = host {
+            req.headers_mut()
+                .insert(header::HOST, host.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn http1_gets_the_origin_form_and_a_host_and_both_can_be_undone() {
+        let host = HeaderValue::from_static("infer.example.com");
+        let mut r = req("https://infer.example.com/v1/infer?a=1", None);
+        let (before, added) = http1_form(&mut r, false, &host);
+        assert_eq!(r.uri(), "/v1/infer?a=1");
+        assert_eq!(r.headers()[header::HOST], "infer.example.com");
+        assert_eq!(before, "https://infer.example.com/v1/infer?a=1");
+        assert!(added);
+
+        let mut r = req("https://infer.example.com/", Some("signed.example.com"));
+        let (_, added) = http1_form(&mut r, false, &host);
+        assert_eq!(r.uri(), "/");
+        assert_eq!(r.headers()[header::HOST], "signed.example.com");
+        assert!(!added, "a Host the request has is kept");
+    }
+
+    #[test]
+    fn a_request_through_an_egress_proxy_keeps_the_absolute_form() {
+        let host = HeaderValue::from_static("infer.example.com");
+        let mut r = req("http://infer.example.com/v1?a=1", None);
+        http1_form(&mut r, true, &host);
+        assert_eq!(r.uri(), "http://infer.example.com/v1?a=1");
+    }
+}

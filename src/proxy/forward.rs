@@ -317,7 +317,9 @@ impl Attempts<'_> {
             .after(response.status(), seen.error.as_ref(), &cx)
             .await
         {
-            Some(again) => once.send(again.request(), Some(&again), None).await,
+            // Rare (a 401 to replay): boxed, so every attempt does not carry
+            // a second send in its state.
+            Some(again) => Box::pin(once.send(again.request(), Some(&again), None)).await,
             None => Ok((response, seen)),
         };
         if let Some(span) = &span {

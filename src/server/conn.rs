@@ -103,7 +103,10 @@ pub async fn serve<I>(
         let (shared, info) = (guard.shared.clone(), info.clone());
         service_fn(move |req: hyper::Request<Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
+            // hyper moves the service's future into place; the request's
+            // own state (kilobytes: the attempts, the send, the signing) is
+            // made on the heap once instead of being copied there.
+            async move { Ok::<_, Infallible>(Box::pin(proxy::handle(&shared, &info, req)).await) }
         })
     };
     let builder = builder(&server);

@@ -204,6 +204,11 @@ pub enum H1Script {
     CloseSecondRequest,
     /// Answers with a chunked body ending in trailers.
     Trailers,
+    /// Answers every request, keeping the connection open.
+    KeepAlive,
+    /// Answers the first request on each connection (as keep-alive), then
+    /// closes it: an upstream closing idle connections.
+    CloseAfterAnswer,
     /// Answers with a header `x-big` of this many bytes.
     BigHead(usize),
 }
@@ -244,7 +249,8 @@ async fn serve_h1(mut stream: TcpStream, script: H1Script, requests: Arc<AtomicU
         requests.fetch_add(1, Ordering::Relaxed);
         let answer = match script {
             H1Script::CloseSecondRequest if served == 2 => return,
-            H1Script::CloseSecondRequest => plain_answer(""),
+            H1Script::CloseSecondRequest | H1Script::KeepAlive => plain_answer(""),
+            H1Script::CloseAfterAnswer => plain_answer(""),
             H1Script::BigHead(n) => plain_answer(&format!("x-big: {}\r\n", "b".repeat(n))),
             H1Script::Trailers => format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ntrailer: x-usage\r\n\r\n{:x}\r\n{}\r\n0\r\nx-usage: 42\r\n\r\n",
@@ -257,6 +263,9 @@ async fn serve_h1(mut stream: TcpStream, script: H1Script, requests: Arc<AtomicU
             _ => &answer[..],
         };
         if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        if matches!(script, H1Script::CloseAfterAnswer) {
             return;
         }
     }
