@@ -12,6 +12,9 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Connection {
     peer: Option<SocketAddr>,
+    /// `peer` as the access log writes it (`local` without one), made once
+    /// per connection rather than per request.
+    client: Box<str>,
     opened: Instant,
     in_flight: AtomicUsize,
     served: AtomicU64,
@@ -25,6 +28,7 @@ impl Connection {
     pub fn new(peer: Option<SocketAddr>) -> Self {
         Connection {
             peer,
+            client: peer.map_or_else(|| "local".into(), |p| p.to_string().into()),
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -36,6 +40,11 @@ impl Connection {
     /// The client's address (`None` for a Unix socket or an in-process caller).
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The client as the access log names it: its address, or `local`.
+    pub fn client_label(&self) -> &str {
+        &self.client
     }
 
     /// Requests whose response body has ended on this connection.

@@ -257,7 +257,6 @@ impl Exchange {
                 error: self.error,
             });
         }
-        let peer = self.conn.peer().map(|p| p.to_string());
         tracing::info!(
             target: "modelarts_proxy::access",
             request_id = self.request_id.to_str().unwrap_or_default(),
@@ -277,7 +276,7 @@ impl Exchange {
             upstream = self.upstream.as_deref().unwrap_or(""),
             head_ms = self.head_after.as_millis() as u64,
             total_ms = total.as_millis() as u64,
-            client = peer.as_deref().unwrap_or("local"),
+            client = self.conn.client_label(),
             "request"
         );
     }
