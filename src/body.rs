@@ -52,15 +52,19 @@ impl IdleTimer {
     /// The body is waiting: starts the timer if a frame came since it last
     /// ran, and says whether `after` has passed with no frame.
     pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.after;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // The clock is read only when the timer starts, not at every wait.
         if !self.armed {
-            sleep.as_mut().reset(deadline);
+            let deadline = Instant::now() + self.after;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             self.armed = true;
         }
-        sleep.as_mut().poll(cx).is_ready()
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
     }
 
     /// A frame arrived.
