@@ -100,7 +100,7 @@ impl HttpClient {
     /// One exchange: on a ready connection of this thread's, or on one
     /// opened for it (`fresh`: always, and then used for this request
     /// alone). A request that a reused connection handed back unwritten
-    /// (it was closing) goes once more, on another.
+    /// (it was closing) goes once more, on a new connection.
     async fn exchange(
         &self,
         mode: Mode,
@@ -112,12 +112,16 @@ impl HttpClient {
             Mode::Main => &inner.main,
             Mode::Http1 => &inner.http1,
         };
-        let (mut fresh, mut may_wait, mut handed_back) = (fresh, true, false);
+        // `Some(pooled)`: open a connection first (pooled or the request's own).
+        let mut open_first = fresh.then_some(false);
+        let (mut may_wait, mut handed_back) = (true, false);
         loop {
-            let mut opened = match std::mem::take(&mut fresh) {
-                true => Some((Box::pin(opener.open(req.uri())).await?, false)),
-                false => None,
+            let mut opened = match open_first.take() {
+                Some(pooled) => Some((Box::pin(opener.open(req.uri())).await?, pooled)),
+                None => None,
             };
+            // Wakes the requests waiting for this connection once it is listed.
+            let mut waking = None;
             let dispatched = loop {
                 match pool::dispatch(&inner.alive, inner.id, mode, req, opened.take(), may_wait) {
                     Ok(dispatched) => break dispatched,
@@ -128,15 +132,14 @@ impl HttpClient {
                         may_wait = false;
                         req = back;
                     }
-                    Err((back, Next::Open(waking))) => {
-                        let made = Box::pin(opener.open(back.uri())).await;
-                        // Those waiting wake once the connection is listed.
-                        let made = made.inspect_err(|_| drop(waking))?;
-                        opened = Some((made, true));
+                    Err((back, Next::Open(wake))) => {
+                        waking = wake;
+                        opened = Some((Box::pin(opener.open(back.uri())).await?, true));
                         req = back;
                     }
                 }
             };
+            drop(waking);
             match dispatched.sending.await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
@@ -151,7 +154,7 @@ impl HttpClient {
                             "an idle upstream connection closed under a request; sending it on a new one"
                         );
                         req = back;
-                        handed_back = true;
+                        (open_first, handed_back) = (Some(true), true);
                     }
                     _ => return Err(Error::send(e.into_error(), dispatched.reused)),
                 },
