@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http_body_util::BodyExt;
 
 use super::{
     ENV_CONFIG, EXIT_CONFIG, EXIT_USAGE, config_path, describe_auth, load_file, print_problems,
@@ -138,8 +135,7 @@ async fn check_online(mut state: State) -> u8 {
     let task = tokio::spawn(daemon.run(Once::new(async {
         let _ = stopped.await;
     })));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let client = super::local_client();
     for prefix in prefixes {
         if !probe_route(&client, addr, &prefix).await {
             failed += 1;
@@ -209,11 +205,7 @@ pub(super) async fn first_fetch<T: Send + Sync + 'static>(
 }
 
 /// One GET through the proxy for `prefix`; true if the upstream accepted it.
-async fn probe_route(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    addr: SocketAddr,
-    prefix: &str,
-) -> bool {
+async fn probe_route(client: &crate::client::HttpClient, addr: SocketAddr, prefix: &str) -> bool {
     let uri: http::Uri = match format!("http://{addr}{prefix}").parse() {
         Ok(u) => u,
         Err(e) => {
@@ -221,7 +213,10 @@ async fn probe_route(
             return false;
         }
     };
-    let resp = match client.get(uri).await {
+    let req = http::Request::get(uri)
+        .body(crate::error::empty())
+        .expect("a valid request");
+    let resp = match client.request(req).await {
         Ok(resp) => resp,
         Err(e) => {
             eprintln!("online: route {prefix}: {}", chain(&e));

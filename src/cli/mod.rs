@@ -157,6 +157,18 @@ fn stderr_writer() -> tracing_subscriber::fmt::writer::BoxMakeWriter {
     }
 }
 
+/// The client the subcommands use to reach a proxy on this machine (its
+/// admin listener, its routes, a health URL): plain HTTP, no egress proxy,
+/// no certificate store to load.
+fn local_client() -> crate::client::HttpClient {
+    let tls = config::UpstreamTls {
+        roots: config::Roots::None,
+        ..config::UpstreamTls::default()
+    };
+    crate::client::build(&tls, &config::Egress::default())
+        .expect("a client without a CA file always builds")
+}
+
 fn print_problems(problems: &[Problem], origin: &str) {
     for p in problems {
         eprintln!("error: {p}");

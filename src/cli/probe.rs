@@ -3,11 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
 /// A probe that gets no answer this soon fails (Docker's default interval is 30 s).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -26,8 +21,11 @@ pub(super) async fn probe(args: ProbeArgs) -> u8 {
             return super::EXIT_USAGE;
         }
     };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    match tokio::time::timeout(PROBE_TIMEOUT, client.get(uri)).await {
+    let client = super::local_client();
+    let req = http::Request::get(uri)
+        .body(crate::error::empty())
+        .expect("a valid request");
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => {
             println!("{} {}", args.url, resp.status());
             0

@@ -5,10 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 
 /// A proxy that does not answer this soon is not there.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,9 +31,9 @@ pub(super) async fn shutdown(args: ShutdownArgs) -> u8 {
             return super::EXIT_USAGE;
         }
     };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = super::local_client();
     let req = http::Request::post(uri)
-        .body(Empty::new())
+        .body(crate::error::empty())
         .expect("a valid request");
     let answer = async {
         let resp = client.request(req).await?;
