@@ -9,7 +9,7 @@
 mod common;
 
 use common::pki::{self, tls_upstream};
-use common::scripted::{ANSWER, H1Script, h1_upstream};
+use common::scripted::{ANSWER, H1Script, H2Script, h1_upstream, h2_upstream};
 use common::*;
 use http_body_util::BodyExt;
 use std::sync::atomic::Ordering;
@@ -119,4 +119,29 @@ async fn a_connection_the_upstream_closed_while_idle_is_never_given_a_request() 
         let series = format!("modelarts_proxy_resends_total{{reason=\"{reason}\"}}");
         assert_eq!(proxy.metric(&series), 0.0, "{series}");
     }
+}
+
+#[tokio::test]
+async fn an_h2_upstream_recycling_its_connections_costs_one_connection_per_goaway() {
+    // A GOAWAY every 25 requests (nginx's keepalive_requests, shortened):
+    // 32 clients × 25 requests need 32 connections in turn. The streams a
+    // GOAWAY or the connection's end turns away go through the checkout
+    // and share the connection that replaces it, not one each.
+    let upstream = h2_upstream(H2Script {
+        goaway_every: Some(25),
+        ..Default::default()
+    })
+    .await;
+    let proxy = start_proxy(&format!(
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n[upstream_tls]\nhttp2 = \"http2\"\n[[route]]\nupstream = \"http://{}/v1\"\n",
+        upstream.addr
+    ))
+    .await;
+    waves(&proxy, 32, 25).await;
+    assert_eq!(upstream.requests.load(Ordering::Relaxed), 800);
+    let opened = upstream.connections.load(Ordering::Relaxed);
+    assert!(
+        opened <= 48,
+        "800 requests, a GOAWAY every 25: {opened} connections"
+    );
 }

@@ -100,7 +100,10 @@ impl HttpClient {
     /// One exchange: on a ready connection of this thread's, or on one
     /// opened for it (`fresh`: always, and then used for this request
     /// alone). A request that a reused connection handed back unwritten
-    /// (it was closing) goes once more, on a new connection.
+    /// (it was closing) goes once more: over HTTP/1.1 on a new connection
+    /// (not another idle one that may be closing too); over HTTP/2 through
+    /// the checkout, so that the streams of a connection going away share
+    /// the one that replaces it.
     async fn exchange(
         &self,
         mode: Mode,
@@ -154,7 +157,8 @@ impl HttpClient {
                             "an idle upstream connection closed under a request; sending it on a new one"
                         );
                         req = back;
-                        (open_first, handed_back) = (Some(true), true);
+                        open_first = (!dispatched.h2).then_some(true);
+                        handed_back = true;
                     }
                     _ => return Err(Error::send(e.into_error(), dispatched.reused)),
                 },

@@ -81,6 +81,8 @@ pub(super) struct Dispatched<F> {
     pub sending: F,
     /// The connection had carried a request before.
     pub reused: bool,
+    /// The connection speaks HTTP/2.
+    pub h2: bool,
     /// The absolute URI the request had before it was put in origin form,
     /// and whether a `Host` was added, to undo both if the connection hands
     /// the request back unwritten.
@@ -135,6 +137,7 @@ pub(super) fn dispatch(
             }
         };
         let reused = conn.uses > 0;
+        let h2 = conn.sender.is_h2();
         conn.uses += 1;
         conn.used = now;
         let undo = match &conn.sender {
@@ -148,6 +151,7 @@ pub(super) fn dispatch(
         Ok(Dispatched {
             sending,
             reused,
+            h2,
             undo,
         })
     })
