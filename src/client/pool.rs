@@ -91,10 +91,11 @@ pub(super) struct Dispatched<F> {
 
 pub(super) type Sent = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>;
 
-/// Hands `req` to a connection: to `opened`, just made (it joins the
-/// list when pooled; a connection of the request's own is used once), or else to a ready one from the list. Without one, the request
-/// comes back with what to do: wait for a connection being opened (only
-/// when `may_wait`), or open one.
+/// Hands `req` to a connection: to `opened`, just made (it joins the list
+/// when pooled; a connection of the request's own is used once), or else
+/// to a ready one from the list. Without one, the request comes back with
+/// what to do: wait for a connection being opened (only when `may_wait`),
+/// or open one.
 // The request comes back by value when no connection takes it, as hyper's
 // `try_send_request` hands it back: moving it costs less than boxing it.
 #[allow(clippy::result_large_err)]
