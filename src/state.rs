@@ -85,12 +85,8 @@ impl State {
         runtime: Runtime,
         previous: Option<&State>,
     ) -> Result<State, Vec<Problem>> {
-        let client = crate::client::build_for_workers(
-            &config.upstream_tls,
-            &config.egress,
-            config.server.worker_threads(),
-        )
-        .map_err(ca_problem)?;
+        let client =
+            crate::client::build(&config.upstream_tls, &config.egress).map_err(ca_problem)?;
         let clock = if config.server.clock_skew_correction {
             runtime.skew.corrected(runtime.clock.clone())
         } else {

@@ -234,20 +234,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the client. Fails with a message naming the CA file when it
-/// cannot be read or holds no certificate.
+/// Builds the client (its connections belong to the thread that opens
+/// them, so it needs no count of workers). Fails with a message naming the
+/// CA file when it cannot be read or holds no certificate.
 pub fn build(tls: &UpstreamTls, egress: &Egress) -> Result<HttpClient, String> {
-    build_for_workers(tls, egress, 0)
-}
-
-/// As [`build`]; the connections are per thread whatever `_workers` says
-/// (kept for callers that size the client by the daemon's workers).
-pub fn build_for_workers(
-    tls: &UpstreamTls,
-    egress: &Egress,
-    _workers: usize,
-) -> Result<HttpClient, String> {
     static IDS: AtomicU64 = AtomicU64::new(0);
+    pool::start_clock();
     let config = tls::client_config(tls)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -285,21 +277,27 @@ pub fn build_for_workers(
 /// `uri`: the host, and the port unless it is the scheme's default.
 fn is_implied_host(host: &[u8], uri: &http::Uri) -> bool {
     let name = uri.host().unwrap_or_default().as_bytes();
+    let Some(rest) = host.strip_prefix(name) else {
+        return false;
+    };
+    match written_port(uri) {
+        Some(port) => rest
+            .strip_prefix(b":")
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .is_some_and(|p| !p.starts_with('0') && p.parse() == Ok(port)),
+        None => rest.is_empty(),
+    }
+}
+
+/// The port a `Host` for `uri` carries: its port, unless it is the
+/// scheme's default.
+fn written_port(uri: &http::Uri) -> Option<u16> {
     let default = match uri.scheme_str() {
         Some("https") => Some(443),
         Some("http") => Some(80),
         _ => None,
     };
-    let Some(rest) = host.strip_prefix(name) else {
-        return false;
-    };
-    match uri.port_u16() {
-        Some(port) if Some(port) != default => rest
-            .strip_prefix(b":")
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .is_some_and(|p| !p.starts_with('0') && p.parse() == Ok(port)),
-        _ => rest.is_empty(),
-    }
+    uri.port_u16().filter(|&port| Some(port) != default)
 }
 
 /// Keeps `CryptoProvider` in the public signature stable for callers that

@@ -240,14 +240,9 @@ fn dest<'a>(
 /// is the scheme's default.
 fn host_of(uri: &Uri) -> HeaderValue {
     let host = uri.host().unwrap_or_default();
-    let default = match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    };
-    let value = match uri.port_u16() {
-        Some(port) if Some(port) != default => HeaderValue::try_from(format!("{host}:{port}")),
-        _ => HeaderValue::try_from(host),
+    let value = match super::written_port(uri) {
+        Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+        None => HeaderValue::try_from(host),
     };
     value.unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -286,8 +281,14 @@ const TICK: Duration = Duration::from_secs(5);
 
 /// A coarse clock: [`TICK`]s since the first client was built, read with
 /// one atomic load instead of a clock read per checkout.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
 fn tick() -> u64 {
-    static TICKS: AtomicU64 = AtomicU64::new(0);
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// Starts [`tick`]'s thread, once per process (when a client is built).
+pub(super) fn start_clock() {
     static TICKER: OnceLock<()> = OnceLock::new();
     TICKER.get_or_init(|| {
         let spawned = std::thread::Builder::new()
@@ -302,7 +303,6 @@ fn tick() -> u64 {
             tracing::warn!("idle upstream connections are not aged: cannot start a thread: {e}");
         }
     });
-    TICKS.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
