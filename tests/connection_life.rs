@@ -367,3 +367,44 @@ async fn a_stalled_unsigned_upload_that_streams_is_the_clients_408_not_a_400() {
 }
 
 use modelarts_proxy::error::BoxError;
+
+#[tokio::test]
+async fn a_resent_request_is_the_one_first_sent_signature_and_trace_context_and_all() {
+    let upstream = h1_upstream(H1Script::CloseSecondRequest).await;
+    let collector = common::upstream(|_| async { text_response(200, "") }).await;
+    let proxy = start_proxy(&format!(
+        "[telemetry]\notlp_endpoint = \"http://{collector}\"\n[[route]]\nupstream = \"http://{}/v1\"\ncredentials = \"test\"\n{TEST_CREDENTIALS}",
+        upstream.addr
+    ))
+    .await;
+    let client = client();
+    for _ in 0..2 {
+        let req = request("GET", &proxy.url("/predict"))
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(body(""))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+    }
+    // The second request met the closed connection and went out again.
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    let resent = &heads[2];
+    assert_eq!(&heads[1], resent, "sent again as it was first sent");
+    for field in [
+        "authorization: sdk-hmac-sha256 access=",
+        "x-sdk-date: ",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-",
+    ] {
+        assert!(resent.contains(field), "{field} in {resent}");
+    }
+    assert_ne!(
+        heads[0].lines().find(|l| l.starts_with("traceparent")),
+        resent.lines().find(|l| l.starts_with("traceparent")),
+        "each request has an upstream span of its own"
+    );
+}

@@ -451,3 +451,59 @@ async fn throttling_stays_on_its_target_unless_fallback_on_throttle() {
         );
     }
 }
+
+/// GETs `path` on `proxy` twice on one client connection (both must be 200)
+/// and returns the heads the fallback upstream saw: the second request
+/// meets the connection that answered the first closing, and is resent.
+async fn two_gets_to_a_fallback(
+    config: &str,
+    fallback: &common::scripted::H1Upstream,
+) -> Vec<String> {
+    let proxy = start_proxy(config).await;
+    let client = client();
+    for _ in 0..2 {
+        let req = request("GET", &proxy.url("/x"))
+            .body(common::body(""))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+    }
+    let heads = fallback.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert_eq!(heads[1], heads[2], "resent as it was sent");
+    heads
+}
+
+#[tokio::test]
+async fn a_fallback_with_other_credentials_never_carries_the_first_targets() {
+    use common::scripted::{H1Script, h1_upstream};
+    let apikey = "[credentials.key]\ntype = \"apikey\"\napp_code = \"first-targets-app-code\"\n";
+    let route = |first: &str, dead: SocketAddr, second: &str, up: SocketAddr| {
+        format!(
+            "[[route]]\nupstream = \"http://{dead}/v1\"\ncredentials = \"{first}\"\nretry = {{ attempts = 1 }}\n[[route.fallback]]\nupstream = \"http://{up}/v2\"\ncredentials = \"{second}\"\n{apikey}{TEST_CREDENTIALS}"
+        )
+    };
+    // An API key first, AK/SK on the fallback (resent there too).
+    let up = h1_upstream(H1Script::CloseSecondRequest).await;
+    let heads = two_gets_to_a_fallback(&route("key", refused().await, "test", up.addr), &up).await;
+    for head in &heads {
+        assert!(head.starts_with("get /v2/x "), "{head}");
+        assert!(head.contains(&format!("host: {}", up.addr)), "{head}");
+        assert!(head.contains("authorization: sdk-hmac-sha256"), "{head}");
+        assert!(!head.contains("x-apig-appcode"), "{head}");
+        assert!(!head.contains("first-targets-app-code"), "{head}");
+    }
+    // AK/SK first, an API key on the fallback.
+    let up = h1_upstream(H1Script::CloseSecondRequest).await;
+    let heads = two_gets_to_a_fallback(&route("test", refused().await, "key", up.addr), &up).await;
+    for head in &heads {
+        assert!(
+            head.contains("x-apig-appcode: first-targets-app-code"),
+            "{head}"
+        );
+        for signed in ["authorization", "x-sdk-date"] {
+            assert!(!head.contains(signed), "{signed} in {head}");
+        }
+    }
+}

@@ -10,15 +10,19 @@
 //!
 //! Whatever the credential, a request whose body is held whole (none, a
 //! signed payload, or a small body kept within the buffer budget) comes
-//! with a [`Replay`]: the copy that a 401 replay and the resends of
-//! DESIGN §12 send again.
+//! with a [`Replay`]: how to make it again, for a 401 replay and the
+//! resends of DESIGN §12. It holds no copy of the request: the attempt's
+//! [`Head`] (the template every attempt starts from, with this attempt's
+//! target and trace context), the credential it carried, and the body. A
+//! resend is the same request again (an AK/SK one signed with the same
+//! date is the same signature); a replay carries the renewed credential.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -33,7 +37,7 @@ use crate::budget::Budget;
 use crate::config::Route;
 use crate::error::{BoxError, ProxyBody, ProxyError};
 use crate::gateway::GatewayError;
-use crate::headers::name::{X_AUTH_TOKEN, X_SDK_DATE};
+use crate::headers::name::X_AUTH_TOKEN;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::signer::CanonicalRequest;
 
@@ -62,6 +66,43 @@ impl Outgoing {
     }
 }
 
+/// One attempt's request before its credential: the template every
+/// attempt starts from (which never carries a credential), and what this
+/// attempt changes in it. Borrowed, not copied: made into an [`Outgoing`]
+/// once per send.
+pub struct Head<'t> {
+    pub template: &'t Outgoing,
+    /// A target other than the route's own: its URL and `Host`.
+    pub target: Option<(Uri, HeaderValue)>,
+    /// Headers this attempt adds (its trace context). Empty, it holds no
+    /// allocation.
+    pub added: HeaderMap,
+}
+
+impl<'t> Head<'t> {
+    pub fn new(template: &'t Outgoing) -> Head<'t> {
+        Head {
+            template,
+            target: None,
+            added: HeaderMap::new(),
+        }
+    }
+
+    /// The request to decorate: a copy of the template with this
+    /// attempt's changes.
+    fn outgoing(&self) -> Outgoing {
+        let mut out = self.template.clone();
+        if let Some((uri, host)) = &self.target {
+            out.uri = uri.clone();
+            out.headers.insert(header::HOST, host.clone());
+        }
+        for (name, value) in &self.added {
+            out.headers.insert(name.clone(), value.clone());
+        }
+        out
+    }
+}
+
 /// What injection needs to know about the request it decorates.
 pub struct Injection<'a> {
     pub route: &'a Route,
@@ -86,12 +127,12 @@ impl Injection<'_> {
 
 /// What was used, so that the answer can be acted on: a rejection (401)
 /// renews a credential; a signature's verdict goes to its breaker.
-pub struct Recovery {
+pub struct Recovery<'t> {
     kind: Used,
     /// An AK/SK request the signature breaker let through.
     pass: Option<Pass>,
-    /// The request as sent, when its body is held whole.
-    replay: Option<Box<Replay>>,
+    /// How to send the request again, when its body is held whole.
+    replay: Option<Replay<'t>>,
     /// The canonical request an AK/SK signature covers, to explain a
     /// gateway's rejection (DESIGN §13).
     signed: Option<CanonicalRequest>,
@@ -155,35 +196,47 @@ fn admit(breaker: &Arc<Breaker>, cx: &Injection<'_>) -> Result<Pass, ProxyError>
     }
 }
 
-/// A request kept to be sent again: its head as sent and its body held
-/// whole (`None`: no body).
-pub struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// The credential a request carried, to put on it again.
+enum Carried {
+    Nothing,
+    /// An AK/SK signature made with these keys at this time: made again,
+    /// it is the same.
+    AkSk {
+        creds: Arc<AkSkCredentials>,
+        now: DateTime<Utc>,
+    },
+    /// A token or an API key.
+    Header(HeaderName, HeaderValue),
+}
+
+/// A request that can be sent again: its head, the credential it carried
+/// and its body held whole (`None`: no body).
+pub struct Replay<'t> {
+    head: Head<'t>,
+    route: &'t Route,
+    carried: Carried,
     body: Option<Arc<Buffered>>,
 }
 
-impl Replay {
-    fn of(out: &Outgoing, body: Option<Arc<Buffered>>) -> Box<Replay> {
-        Box::new(Replay {
-            method: out.method.clone(),
-            uri: out.uri.clone(),
-            headers: out.headers.clone(),
-            body,
-        })
-    }
-
-    /// The request once more, as it was sent.
-    pub fn request(&self) -> Request<ProxyBody> {
-        let mut req = Request::new(match &self.body {
+impl Replay<'_> {
+    /// The request once more, with the credential it carried.
+    pub fn request(&self) -> Result<Request<ProxyBody>, ProxyError> {
+        let mut out = self.head.outgoing();
+        match &self.carried {
+            Carried::Nothing => {}
+            Carried::AkSk { creds, now } => {
+                let payload = Payload::Kept(self.body.clone());
+                sign_aksk(&mut out, &payload, creds, self.route, *now)?;
+            }
+            Carried::Header(name, value) => {
+                out.headers.insert(name.clone(), value.clone());
+            }
+        }
+        let body = match &self.body {
             Some(body) => body.body(),
             None => crate::error::empty(),
-        });
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
+        };
+        Ok(out.into_request(body))
     }
 }
 
@@ -294,26 +347,30 @@ async fn read(
     Ok(Payload::Kept(Some(Arc::new(buffered))))
 }
 
-/// Adds the credential of `provider` to `out` and returns the request to
-/// send with `payload`, with what a 401 (or a resend) will need.
-pub async fn inject(
+/// Adds the credential of `provider` to the request `head` makes and
+/// returns the request to send with `payload`, with what a 401 (or a
+/// resend) will need.
+pub async fn inject<'t>(
     provider: Option<&Provider>,
-    mut out: Outgoing,
+    head: Head<'t>,
     payload: &mut Payload,
-    cx: &Injection<'_>,
-) -> Result<(Request<ProxyBody>, Recovery), ProxyError> {
+    cx: &Injection<'t>,
+) -> Result<(Request<ProxyBody>, Recovery<'t>), ProxyError> {
     let unavailable = ProxyError::CredentialsUnavailable;
+    let mut out = head.outgoing();
     let mut recovery = Recovery {
         kind: Used::Nothing,
         pass: None,
         replay: None,
         signed: None,
     };
-    match provider {
-        None => {}
+    let carried = match provider {
+        None => Carried::Nothing,
         Some(Provider::AkSk { keys, breaker }) => {
             recovery.pass = Some(admit(breaker, cx)?);
-            recovery.signed = Some(sign_aksk(&mut out, payload, &keys.current(), cx)?);
+            let creds = keys.current();
+            recovery.signed = Some(sign_aksk(&mut out, payload, &creds, cx.route, cx.now)?);
+            Carried::AkSk { creds, now: cx.now }
         }
         Some(Provider::Temporary {
             creds,
@@ -323,30 +380,43 @@ pub async fn inject(
         }) => {
             recovery.pass = Some(admit(breaker, cx)?);
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
-            recovery.signed = Some(sign_aksk(&mut out, payload, &used.value, cx)?);
+            let keys = used.value.clone();
+            recovery.signed = Some(sign_aksk(&mut out, payload, &keys, cx.route, cx.now)?);
             recovery.kind = Used::TemporaryKey {
                 creds: creds.clone(),
                 used,
                 max_wait: *max_wait,
             };
+            Carried::AkSk {
+                creds: keys,
+                now: cx.now,
+            }
         }
         Some(Provider::Token {
             token, max_wait, ..
         }) => {
             let used = token.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
-            out.headers.insert(X_AUTH_TOKEN, used.value.header.clone());
+            let value = used.value.header.clone();
+            out.headers.insert(X_AUTH_TOKEN, value.clone());
             recovery.kind = Used::Token {
                 token: token.clone(),
                 used,
                 max_wait: *max_wait,
             };
+            Carried::Header(X_AUTH_TOKEN, value)
         }
         Some(Provider::ApiKey(key)) => {
             let key = key.current();
             out.headers.insert(key.header.clone(), key.value.clone());
+            Carried::Header(key.header.clone(), key.value.clone())
         }
-    }
-    recovery.replay = payload.kept().map(|kept| Replay::of(&out, kept));
+    };
+    recovery.replay = payload.kept().map(|body| Replay {
+        head,
+        route: cx.route,
+        carried,
+        body,
+    });
     let body = payload.take()?;
     Ok((out.into_request(body), recovery))
 }
@@ -362,23 +432,6 @@ fn count_replay(cx: &Injection<'_>) {
     }
 }
 
-impl Replay {
-    /// Signs the kept request again with new keys: a new date and signature.
-    fn resign(&mut self, creds: &AkSkCredentials, cx: &Injection<'_>) -> Result<(), ProxyError> {
-        self.headers.remove(X_SDK_DATE);
-        self.headers.remove(header::AUTHORIZATION);
-        let mut out = Outgoing {
-            method: self.method.clone(),
-            uri: self.uri.clone(),
-            headers: std::mem::take(&mut self.headers),
-            content_length: None,
-        };
-        let signed = sign_aksk(&mut out, &Payload::Kept(self.body.clone()), creds, cx);
-        self.headers = out.headers;
-        signed.map(|_| ())
-    }
-}
-
 /// Signs `out` with `creds` for `payload`: its SHA-256 when it was read
 /// whole for signing, else UNSIGNED-PAYLOAD (the empty-string hash for no
 /// body at all).
@@ -386,11 +439,12 @@ fn sign_aksk(
     out: &mut Outgoing,
     payload: &Payload,
     creds: &AkSkCredentials,
-    cx: &Injection<'_>,
+    route: &Route,
+    now: DateTime<Utc>,
 ) -> Result<CanonicalRequest, ProxyError> {
     let content_type =
         aksk::single_value(&out.headers, &header::CONTENT_TYPE).map_err(decorate_error)?;
-    let unsigned = aksk::is_unsigned(cx.route.payload, content_type);
+    let unsigned = aksk::is_unsigned(route.payload, content_type);
     let hash = match payload {
         Payload::Kept(None) if unsigned => BodyHash::Unsigned { empty: true },
         Payload::Kept(None) => BodyHash::Bytes(&[]),
@@ -405,22 +459,15 @@ fn sign_aksk(
         },
         Payload::Streamed(_) => BodyHash::Unsigned { empty: false },
     };
-    let route_headers: Vec<_> = cx.route.headers.iter().map(|(n, _)| n).collect();
+    let route_headers: Vec<_> = route.headers.iter().map(|(n, _)| n).collect();
     let target = Target {
         method: out.method.as_str(),
         path: out.uri.path(),
         query: out.uri.query(),
     };
-    aksk::decorate(
-        creds,
-        target,
-        &mut out.headers,
-        hash,
-        &route_headers,
-        cx.now,
-    )
-    .map(|signed| signed.canonical_request)
-    .map_err(decorate_error)
+    aksk::decorate(creds, target, &mut out.headers, hash, &route_headers, now)
+        .map(|signed| signed.canonical_request)
+        .map_err(decorate_error)
 }
 
 fn decorate_error(e: DecorateError) -> ProxyError {
@@ -464,10 +511,10 @@ where
     Ok(Payload::Kept(Some(Arc::new(buffered))))
 }
 
-impl Recovery {
-    /// The request as it was sent, when it can be sent again.
-    pub fn replay(&self) -> Option<&Replay> {
-        self.replay.as_deref()
+impl<'t> Recovery<'t> {
+    /// How to send the request again, when it can be.
+    pub fn replay(&self) -> Option<&Replay<'t>> {
+        self.replay.as_ref()
     }
 
     /// The canonical request the AK/SK signature covers.
@@ -484,7 +531,7 @@ impl Recovery {
         status: StatusCode,
         gateway: Option<&GatewayError>,
         cx: &Injection<'_>,
-    ) -> Option<Box<Replay>> {
+    ) -> Option<Replay<'t>> {
         if let Some(pass) = self.pass {
             pass.judge(gateway);
         }
@@ -521,7 +568,10 @@ impl Recovery {
                 Some(mut replay),
             ) => {
                 let fresh = creds.renew(&used, cx.wait(max_wait)).await.ok()?;
-                replay.resign(&fresh.value, cx).ok()?;
+                replay.carried = Carried::AkSk {
+                    creds: fresh.value.clone(),
+                    now: cx.now,
+                };
                 tracing::info!(credentials = %creds.label(), "upstream answered 401; new temporary keys fetched, request replayed once");
                 count_replay(cx);
                 Some(replay)
@@ -539,9 +589,7 @@ impl Recovery {
                 Some(mut replay),
             ) => {
                 let fresh = token.renew(&used, cx.wait(max_wait)).await.ok()?;
-                replay
-                    .headers
-                    .insert(X_AUTH_TOKEN, fresh.value.header.clone());
+                replay.carried = Carried::Header(X_AUTH_TOKEN, fresh.value.header.clone());
                 tracing::info!(credentials = %token.label(), "upstream answered 401; token renewed, request replayed once");
                 count_replay(cx);
                 Some(replay)

@@ -13,13 +13,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Response, header};
+use http::{HeaderValue, Response};
 use tokio::time::Instant;
 
 use super::observe::Exchange;
 use super::send::{self, Failed};
 use crate::auth::Provider;
-use crate::auth::inject::{self, Injection, Outgoing};
+use crate::auth::inject::{self, Head, Injection, Outgoing};
 use crate::body::{Progress, RequestBody};
 use crate::config::{Route, Upstream};
 use crate::error::{ProxyBody, ProxyError};
@@ -268,21 +268,19 @@ impl Attempts<'_> {
         trace: Option<(&RequestTrace, u32)>,
     ) -> Result<Attempt, ProxyError> {
         let provider = self.provider(target);
-        let mut out = template.clone();
+        let mut head = Head::new(template);
         if index > 0 {
-            out.uri = target_uri(&target.upstream, &self.rest)?;
-            out.headers.insert(
-                header::HOST,
-                HeaderValue::from_str(target.upstream.authority.as_str())
-                    .map_err(|_| ProxyError::Internal)?,
-            );
+            let host = HeaderValue::from_str(target.upstream.authority.as_str())
+                .map_err(|_| ProxyError::Internal)?;
+            head.target = Some((target_uri(&target.upstream, &self.rest)?, host));
         }
         // Traced: this attempt's span, whose `traceparent` goes upstream (not signed).
-        let span =
-            trace.map(|(t, n)| t.attempt(n, out.method.as_str(), &out.uri, &mut out.headers));
+        let (method, uri) = (template.method.as_str(), head.target.as_ref());
+        let uri = uri.map_or(&template.uri, |(uri, _)| uri);
+        let span = trace.map(|(t, n)| t.attempt(n, method, uri, &mut head.added));
         let waiting = trace.map(|(t, _)| t.credential(target.credentials.as_deref()));
         let cx = self.injection();
-        let injected = inject::inject(provider, out, payload, &cx).await;
+        let injected = inject::inject(provider, head, payload, &cx).await;
         drop(waiting);
         let (request, recovery) = match injected {
             Ok(x) => x,
@@ -319,7 +317,10 @@ impl Attempts<'_> {
         {
             // Rare (a 401 to replay): boxed, so every attempt does not carry
             // a second send in its state.
-            Some(again) => Box::pin(once.send(again.request(), Some(&again), None)).await,
+            Some(again) => match again.request() {
+                Ok(request) => Box::pin(once.send(request, Some(&again), None)).await,
+                Err(error) => Err(error.into()),
+            },
             None => Ok((response, seen)),
         };
         if let Some(span) = &span {

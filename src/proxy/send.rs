@@ -58,7 +58,7 @@ impl Once<'_> {
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
-        replay: Option<&Replay>,
+        replay: Option<&Replay<'_>>,
         signed: Option<&str>,
     ) -> Result<(Response<ProxyBody>, Seen), Failed> {
         let (state, route, target) = (self.state, self.route, self.target);
@@ -133,7 +133,7 @@ impl Once<'_> {
     async fn send_until_processed(
         &self,
         mut req: Request<ProxyBody>,
-        replay: Option<&Replay>,
+        replay: Option<&Replay<'_>>,
     ) -> Result<Response<Incoming>, Failed> {
         let (client, route) = (&self.state.client, self.route);
         let upstream = &self.target.upstream;
@@ -184,7 +184,7 @@ impl Once<'_> {
                         "sending the request again: {}",
                         chain(&err)
                     );
-                    req = replay.request();
+                    req = replay.request()?;
                 }
                 _ => {
                     return Err(Failed {

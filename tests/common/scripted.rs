@@ -218,6 +218,8 @@ pub struct H1Upstream {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// Each request's head as it arrived (in lower case), in order.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub async fn h1_upstream(script: H1Script) -> H1Upstream {
@@ -226,25 +228,33 @@ pub async fn h1_upstream(script: H1Script) -> H1Upstream {
         addr: listener.local_addr().unwrap(),
         connections: Arc::default(),
         requests: Arc::default(),
+        heads: Arc::default(),
     };
     let (connections, requests) = (up.connections.clone(), up.requests.clone());
+    let heads = up.heads.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             connections.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(serve_h1(stream, script, requests.clone()));
+            tokio::spawn(serve_h1(stream, script, requests.clone(), heads.clone()));
         }
     });
     up
 }
 
-async fn serve_h1(mut stream: TcpStream, script: H1Script, requests: Arc<AtomicUsize>) {
+async fn serve_h1(
+    mut stream: TcpStream,
+    script: H1Script,
+    requests: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let mut buf = Vec::new();
     let mut served = 0;
     while let Some(head) = read_request(&mut stream, &mut buf).await {
         served += 1;
+        heads.lock().unwrap().push(head.clone());
         let head_only = head.starts_with("head ");
         requests.fetch_add(1, Ordering::Relaxed);
         let answer = match script {
