@@ -166,11 +166,11 @@ impl Attempts<'_> {
     /// Waits for the route's rate and concurrency (counted and measured).
     async fn pace(&self) -> Result<crate::traffic::pace::Turn, ProxyError> {
         let (metrics, route) = (&self.state.metrics, &self.route.prefix);
-        let labels = crate::metrics::RouteLabels {
+        let labels = || crate::metrics::RouteLabels {
             route: route.clone(),
         };
         let turn = self.traffic.pacer.admit().await.map_err(|limited| {
-            metrics.rate_limited.get_or_create(&labels).inc();
+            metrics.rate_limited.get_or_create(&labels()).inc();
             ProxyError::RateLimited {
                 route: route.clone(),
                 limit: limited.limit,
@@ -179,7 +179,7 @@ impl Attempts<'_> {
             }
         })?;
         if turn.paced {
-            metrics.queue.get_or_create(&labels).observe(turn.waited);
+            metrics.queue.get_or_create(&labels()).observe(turn.waited);
         }
         Ok(turn)
     }

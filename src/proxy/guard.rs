@@ -101,26 +101,25 @@ fn check_target<B>(req: &Request<B>, server: &Server) -> Result<(), ProxyError> 
 /// web pages: a page could otherwise make the browser spend the user's
 /// credentials (a cross-site "simple" request, or DNS rebinding).
 fn check_browser_and_host(uri: &Uri, headers: &HeaderMap) -> Result<(), ProxyError> {
+    // The Host header's authority, whose host is borrowed, not copied again.
+    let from_header;
     let host = match uri.authority() {
-        Some(a) => Some(a.host().to_owned()),
+        Some(a) => Some(a.host()),
         None => match headers.get(header::HOST) {
             None => None,
-            Some(h) => Some(
-                h.to_str()
-                    .ok()
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                    .map(|a| a.host().to_owned())
-                    .ok_or_else(|| {
-                        ProxyError::ForbiddenClient(
-                            "the Host header is not a valid host[:port]".to_owned(),
-                        )
-                    })?,
-            ),
+            Some(h) => {
+                from_header = http::uri::Authority::try_from(h.as_bytes()).map_err(|_| {
+                    ProxyError::ForbiddenClient(
+                        "the Host header is not a valid host[:port]".to_owned(),
+                    )
+                })?;
+                Some(from_header.host())
+            }
         },
     };
     if let Some(host) = host
-        && !is_loopback_name(&host)
-        && !is_ip_literal(&host)
+        && !is_loopback_name(host)
+        && !is_ip_literal(host)
     {
         return Err(ProxyError::ForbiddenClient(format!(
             "Host {host:?} is refused: with server.allow_remote = false only localhost and IP \
@@ -159,9 +158,12 @@ fn is_ip_literal(host: &str) -> bool {
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    host == "localhost"
-        || host.ends_with(".localhost")
+    let host = host.trim_end_matches('.');
+    let name = host.as_bytes();
+    let suffix = b".localhost";
+    name.eq_ignore_ascii_case(b"localhost")
+        || (name.len() > suffix.len()
+            && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
         || host
             .trim_start_matches('[')
             .trim_end_matches(']')

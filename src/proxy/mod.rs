@@ -50,7 +50,7 @@ where
         shared.metrics.clone(),
         conn.clone(),
         req.method(),
-        req.uri().path(),
+        req.uri(),
         request_id::for_request(req.headers()),
     );
     if let Some(telemetry) = &state.telemetry {
@@ -78,7 +78,7 @@ where
     // Never an open proxy or a DNS-rebinding target; nothing the upstream could read two ways.
     guard::check_head(&req, server)?;
     // Which upstream: the longest matching prefix.
-    let (route, rest) = find_route(state, req.uri().path())?;
+    let (route, prefix_len) = find_route(state, req.uri().path())?;
     if let Some(metrics) = state.route_metrics.get(&route.prefix) {
         exchange.set_route(metrics.clone());
     }
@@ -91,7 +91,8 @@ where
     let (parts, body, content_length) = admit(req, route, server)?;
     exchange.set_request_body(body.progress());
     // The upstream URL and the headers to forward (hop-by-hop, client credentials and the shared secret out).
-    let mut outgoing = rewrite(&parts, route, &rest, content_length, server)?;
+    let rest = &parts.uri.path()[prefix_len..];
+    let mut outgoing = rewrite(&parts, route, rest, content_length, server)?;
     // The request id goes upstream (not signed: a gateway may replace it).
     outgoing
         .headers
@@ -102,7 +103,7 @@ where
     // Pacing, then attempts (credentials, the send with its resends, 401 recovery, retries and
     // failover), within the gateway's deadline until the response head.
     let rest = forward::Rest {
-        path: &rest,
+        path: rest,
         query: parts.uri.query(),
     };
     let response = forward::forward(state, route, outgoing, rest, body, exchange).await?;
@@ -122,9 +123,11 @@ where
     })
 }
 
-fn find_route<'s>(state: &'s State, path: &str) -> Result<(&'s Route, String), ProxyError> {
+/// The route for `path`, and the length of the part of `path` its prefix
+/// matched (the rest goes under the upstream's base path).
+fn find_route<'s>(state: &'s State, path: &str) -> Result<(&'s Route, usize), ProxyError> {
     match match_route(&state.config.routes, path) {
-        Some((route, rest)) => Ok((route, rest.to_owned())),
+        Some((route, rest)) => Ok((route, path.len() - rest.len())),
         None => Err(ProxyError::NoRoute {
             path: path.to_owned(),
             prefixes: state

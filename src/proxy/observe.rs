@@ -58,7 +58,8 @@ pub struct Exchange {
     conn: Arc<Connection>,
     started: Instant,
     method: Method,
-    path: String,
+    /// The request's target, for its path in the log (the query is not logged).
+    uri: http::Uri,
     /// `None` until a route matched.
     route: Option<Arc<RouteMetrics>>,
     status: u16,
@@ -73,7 +74,7 @@ pub struct Exchange {
     /// Attempts made upstream (retries and failovers included, resends not).
     attempts: u32,
     /// The target that answered (`scheme://authority`).
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     /// The request's pacing turn: its concurrency slot is held until the
     /// response body ends.
     turn: Option<crate::traffic::pace::Turn>,
@@ -90,7 +91,7 @@ impl Exchange {
         metrics: Arc<Metrics>,
         conn: Arc<Connection>,
         method: &Method,
-        path: &str,
+        uri: &http::Uri,
         request_id: HeaderValue,
     ) -> Self {
         metrics.in_flight.inc();
@@ -100,7 +101,7 @@ impl Exchange {
             conn,
             started: Instant::now(),
             method: method.clone(),
-            path: path.to_owned(),
+            uri: uri.clone(),
             route: None,
             status: 0,
             error: None,
@@ -150,10 +151,10 @@ impl Exchange {
     }
 
     /// An attempt went to `upstream`.
-    pub fn attempted(&mut self, upstream: &str) {
+    pub fn attempted(&mut self, upstream: &Arc<str>) {
         self.attempts += 1;
-        if self.upstream.as_deref() != Some(upstream) {
-            self.upstream = Some(upstream.to_owned());
+        if self.upstream.as_ref() != Some(upstream) {
+            self.upstream = Some(upstream.clone());
         }
     }
 
@@ -182,7 +183,7 @@ impl Exchange {
             }
             Err(err) => {
                 let id = self.request_id.to_str().unwrap_or_default();
-                tracing::warn!(route = self.route_name(), method = %self.method, path = %self.path, code = err.code(), request_id = id, "{err}");
+                tracing::warn!(route = self.route_name(), method = %self.method, path = %self.uri.path(), code = err.code(), request_id = id, "{err}");
                 self.metrics.proxy_error(self.route_name(), err.code());
                 self.error = Some(err.code());
                 err.to_response(id)
@@ -262,7 +263,7 @@ impl Exchange {
             request_id = self.request_id.to_str().unwrap_or_default(),
             gateway_request_id = self.gateway_request_id.as_deref().unwrap_or(""),
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path(),
             route = self.route_name(),
             status = self.status,
             error = self.error.unwrap_or(""),
@@ -340,7 +341,7 @@ impl Body for ResponseBody {
                 let err = ResponseIdle {
                     after: this.idle.after(),
                 };
-                tracing::warn!(route = this.exchange.route_name(), path = %this.exchange.path, "{err}; the stream is cut");
+                tracing::warn!(route = this.exchange.route_name(), path = %this.exchange.uri.path(), "{err}; the stream is cut");
                 this.exchange.finish(Outcome::IdleTimeout);
                 Poll::Ready(Some(Err(Box::new(err))))
             }
@@ -359,7 +360,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(route = this.exchange.route_name(), path = %this.exchange.path, "the upstream's response body failed: {}", crate::error::chain(&*e));
+                tracing::warn!(route = this.exchange.route_name(), path = %this.exchange.uri.path(), "the upstream's response body failed: {}", crate::error::chain(&*e));
                 this.exchange.finish(Outcome::UpstreamReset);
                 Poll::Ready(Some(Err(e)))
             }

@@ -40,7 +40,7 @@ pub fn json(shared: &Shared, draining: bool) -> Value {
                         .iter()
                         .map(|t| {
                             json!({
-                                "upstream": t.label,
+                                "upstream": &*t.label,
                                 "url": t.upstream.url(),
                                 "credentials": t.credentials,
                                 "up": t.health.is_up(),

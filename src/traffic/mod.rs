@@ -23,8 +23,9 @@ pub struct Target {
     /// The `[credentials.NAME]` it is called with.
     pub credentials: Option<String>,
     pub health: Health,
-    /// `scheme://authority`: the `upstream` of logs and metrics.
-    pub label: String,
+    /// `scheme://authority`: the `upstream` of logs and metrics (shared
+    /// with each request's access-log record, not copied into it).
+    pub label: std::sync::Arc<str>,
 }
 
 /// One route's traffic state.
@@ -53,7 +54,7 @@ impl RouteTraffic {
                     upstream,
                     credentials,
                     health: Health::default(),
-                    label,
+                    label: label.into(),
                 }
             })
             .collect();

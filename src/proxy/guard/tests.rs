@@ -203,3 +203,39 @@ fn require_header_needs_the_exact_secret_and_never_echoes_it() {
         "forbidden_client"
     );
 }
+
+#[test]
+fn only_loopback_names_and_ip_literals_pass_as_host() {
+    for ok in [
+        "localhost",
+        "LocalHost:8080",
+        "localhost.",
+        "app.localhost",
+        "APP.LOCALHOST.:80",
+        "127.0.0.1",
+        "127.9.9.9:8080",
+        "[::1]:8080",
+        "10.1.2.3",
+    ] {
+        assert_eq!(head("GET", "/", &[("host", ok)]), "ok", "Host {ok}");
+    }
+    for refused in [
+        "attacker.example",
+        "localhost.example",
+        "notlocalhost",
+        "evil-localhost:8080",
+        "localhost.attacker.example",
+    ] {
+        assert_eq!(
+            head("GET", "/", &[("host", refused)]),
+            "forbidden_client",
+            "Host {refused}"
+        );
+    }
+    assert_eq!(
+        head("GET", "/", &[("host", "bad host")]),
+        "forbidden_client",
+        "not a host[:port]"
+    );
+    assert_eq!(head("GET", "http://LOCALHOST:8080/", &[]), "ok");
+}
