@@ -523,15 +523,17 @@ impl<'t> Recovery<'t> {
     }
 
     /// Answers the upstream's `status`. On a 401 the credential is renewed
-    /// (one fetch however many requests saw it); for a kept token-mode body
-    /// this returns the request to send once more. A second 401 is returned
-    /// as it is: nothing loops.
+    /// (one fetch however many requests saw it); for a kept body this
+    /// returns the request to send once more with the new credential, and
+    /// its replay (for that send's resends). When the new credential cannot
+    /// be put on the request, the 401 stands. A second 401 is returned as
+    /// it is: nothing loops.
     pub async fn after(
         self,
         status: StatusCode,
         gateway: Option<&GatewayError>,
         cx: &Injection<'_>,
-    ) -> Option<Replay<'t>> {
+    ) -> Option<(Replay<'t>, Request<ProxyBody>)> {
         if let Some(pass) = self.pass {
             pass.judge(gateway);
         }
@@ -572,9 +574,10 @@ impl<'t> Recovery<'t> {
                     creds: fresh.value.clone(),
                     now: cx.now,
                 };
+                let request = replay.request().ok()?;
                 tracing::info!(credentials = %creds.label(), "upstream answered 401; new temporary keys fetched, request replayed once");
                 count_replay(cx);
-                Some(replay)
+                Some((replay, request))
             }
             (Used::Token { token, used, .. }, None) => {
                 token.request_renewal(&used);
@@ -590,9 +593,10 @@ impl<'t> Recovery<'t> {
             ) => {
                 let fresh = token.renew(&used, cx.wait(max_wait)).await.ok()?;
                 replay.carried = Carried::Header(X_AUTH_TOKEN, fresh.value.header.clone());
+                let request = replay.request().ok()?;
                 tracing::info!(credentials = %token.label(), "upstream answered 401; token renewed, request replayed once");
                 count_replay(cx);
-                Some(replay)
+                Some((replay, request))
             }
         }
     }

@@ -317,10 +317,7 @@ impl Attempts<'_> {
         {
             // Rare (a 401 to replay): boxed, so every attempt does not carry
             // a second send in its state.
-            Some(again) => match again.request() {
-                Ok(request) => Box::pin(once.send(request, Some(&again), None)).await,
-                Err(error) => Err(error.into()),
-            },
+            Some((again, request)) => Box::pin(once.send(request, Some(&again), None)).await,
             None => Ok((response, seen)),
         };
         if let Some(span) = &span {

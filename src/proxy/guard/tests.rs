@@ -225,6 +225,7 @@ fn only_loopback_names_and_ip_literals_pass_as_host() {
         "notlocalhost",
         "evil-localhost:8080",
         "localhost.attacker.example",
+        ".localhost",
     ] {
         assert_eq!(
             head("GET", "/", &[("host", refused)]),
