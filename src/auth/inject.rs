@@ -209,6 +209,26 @@ enum Carried {
     Header(HeaderName, HeaderValue),
 }
 
+impl Carried {
+    /// Puts the credential on `out` (sent with `payload`); for AK/SK, the
+    /// canonical request the signature covers.
+    fn apply(
+        &self,
+        out: &mut Outgoing,
+        payload: &Payload,
+        route: &Route,
+    ) -> Result<Option<CanonicalRequest>, ProxyError> {
+        match self {
+            Carried::Nothing => Ok(None),
+            Carried::AkSk { creds, now } => sign_aksk(out, payload, creds, route, *now).map(Some),
+            Carried::Header(name, value) => {
+                out.headers.insert(name.clone(), value.clone());
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// A request that can be sent again: its head, the credential it carried
 /// and its body held whole (`None`: no body).
 pub struct Replay<'t> {
@@ -222,16 +242,8 @@ impl Replay<'_> {
     /// The request once more, with the credential it carried.
     pub fn request(&self) -> Result<Request<ProxyBody>, ProxyError> {
         let mut out = self.head.outgoing();
-        match &self.carried {
-            Carried::Nothing => {}
-            Carried::AkSk { creds, now } => {
-                let payload = Payload::Kept(self.body.clone());
-                sign_aksk(&mut out, &payload, creds, self.route, *now)?;
-            }
-            Carried::Header(name, value) => {
-                out.headers.insert(name.clone(), value.clone());
-            }
-        }
+        let payload = Payload::Kept(self.body.clone());
+        self.carried.apply(&mut out, &payload, self.route)?;
         let body = match &self.body {
             Some(body) => body.body(),
             None => crate::error::empty(),
@@ -357,7 +369,6 @@ pub async fn inject<'t>(
     cx: &Injection<'t>,
 ) -> Result<(Request<ProxyBody>, Recovery<'t>), ProxyError> {
     let unavailable = ProxyError::CredentialsUnavailable;
-    let mut out = head.outgoing();
     let mut recovery = Recovery {
         kind: Used::Nothing,
         pass: None,
@@ -368,9 +379,10 @@ pub async fn inject<'t>(
         None => Carried::Nothing,
         Some(Provider::AkSk { keys, breaker }) => {
             recovery.pass = Some(admit(breaker, cx)?);
-            let creds = keys.current();
-            recovery.signed = Some(sign_aksk(&mut out, payload, &creds, cx.route, cx.now)?);
-            Carried::AkSk { creds, now: cx.now }
+            Carried::AkSk {
+                creds: keys.current(),
+                now: cx.now,
+            }
         }
         Some(Provider::Temporary {
             creds,
@@ -381,7 +393,6 @@ pub async fn inject<'t>(
             recovery.pass = Some(admit(breaker, cx)?);
             let used = creds.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
             let keys = used.value.clone();
-            recovery.signed = Some(sign_aksk(&mut out, payload, &keys, cx.route, cx.now)?);
             recovery.kind = Used::TemporaryKey {
                 creds: creds.clone(),
                 used,
@@ -397,7 +408,6 @@ pub async fn inject<'t>(
         }) => {
             let used = token.get(cx.wait(*max_wait)).await.map_err(unavailable)?;
             let value = used.value.header.clone();
-            out.headers.insert(X_AUTH_TOKEN, value.clone());
             recovery.kind = Used::Token {
                 token: token.clone(),
                 used,
@@ -407,10 +417,11 @@ pub async fn inject<'t>(
         }
         Some(Provider::ApiKey(key)) => {
             let key = key.current();
-            out.headers.insert(key.header.clone(), key.value.clone());
             Carried::Header(key.header.clone(), key.value.clone())
         }
     };
+    let mut out = head.outgoing();
+    recovery.signed = carried.apply(&mut out, payload, cx.route)?;
     recovery.replay = payload.kept().map(|body| Replay {
         head,
         route: cx.route,

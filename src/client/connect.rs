@@ -101,11 +101,7 @@ impl Opener {
         let proxied = connected.is_proxied();
         if !self.upgrades && (self.http2_only || connected.is_negotiated_h2()) {
             let (sender, conn) = self.h2.handshake(io).await.map_err(Error::connect)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("upstream HTTP/2 connection ended: {e}");
-                }
-            });
+            drive(conn, "HTTP/2");
             return Ok(Opened {
                 sender: Sender::H2(sender),
                 proxied,
@@ -113,17 +109,9 @@ impl Opener {
         }
         let (mut sender, conn) = self.h1.handshake(io).await.map_err(Error::connect)?;
         if self.upgrades {
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
-                }
-            });
+            drive(conn.with_upgrades(), "HTTP/1.1");
         } else {
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
-                }
-            });
+            drive(conn, "HTTP/1.1");
         }
         // hyper's dispatcher takes a request once its task has run once.
         sender.ready().await.map_err(Error::connect)?;
@@ -132,4 +120,14 @@ impl Opener {
             proxied,
         })
     }
+}
+
+/// Runs a connection's task (on this thread's runtime) until the upstream
+/// closes it or every handle to it is dropped.
+fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static, protocol: &'static str) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream {protocol} connection ended: {e}");
+        }
+    });
 }

@@ -147,12 +147,7 @@ impl HttpClient {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(mut back) if dispatched.reused && !handed_back => {
-                        if let Some((uri, host_added)) = dispatched.undo {
-                            *back.uri_mut() = uri;
-                            if host_added {
-                                back.headers_mut().remove(header::HOST);
-                            }
-                        }
+                        pool::restore(&mut back, dispatched.undo);
                         tracing::trace!(
                             "an idle upstream connection closed under a request; sending it on a new one"
                         );

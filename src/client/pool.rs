@@ -84,8 +84,8 @@ pub(super) struct Dispatched<F> {
     /// The connection speaks HTTP/2.
     pub h2: bool,
     /// The absolute URI the request had before it was put in origin form,
-    /// and whether a `Host` was added, to undo both if the connection hands
-    /// the request back unwritten.
+    /// and whether a `Host` was added, to undo both ([`restore`]) if the
+    /// connection hands the request back unwritten.
     pub undo: Option<(Uri, bool)>,
 }
 
@@ -247,6 +247,18 @@ fn host_of(uri: &Uri) -> HeaderValue {
     value.unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Gives `req`, handed back unwritten, the form it had before
+/// [`http1_form`] (`undo`, from [`Dispatched::undo`]): its absolute URI, and
+/// no `Host` if one was added.
+pub(super) fn restore(req: &mut Request<ProxyBody>, undo: Option<(Uri, bool)>) {
+    if let Some((uri, host_added)) = undo {
+        *req.uri_mut() = uri;
+        if host_added {
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+}
+
 /// Puts `req` in HTTP/1.1's form: a `Host` if it has none, and the
 /// origin-form target (`/path?query`), or the absolute form for an egress
 /// proxy. Returns what [`Dispatched::undo`] restores.
@@ -345,12 +357,20 @@ mod tests {
         assert_eq!(r.headers()[header::HOST], "infer.example.com");
         assert_eq!(before, "https://infer.example.com/v1/infer?a=1");
         assert!(added);
+        restore(&mut r, Some((before, added)));
+        assert_eq!(r.uri(), "https://infer.example.com/v1/infer?a=1");
+        assert!(
+            !r.headers().contains_key(header::HOST),
+            "the added Host goes"
+        );
 
         let mut r = req("https://infer.example.com/", Some("signed.example.com"));
-        let (_, added) = http1_form(&mut r, false, &host);
+        let (before, added) = http1_form(&mut r, false, &host);
         assert_eq!(r.uri(), "/");
         assert_eq!(r.headers()[header::HOST], "signed.example.com");
         assert!(!added, "a Host the request has is kept");
+        restore(&mut r, Some((before, added)));
+        assert_eq!(r.headers()[header::HOST], "signed.example.com");
     }
 
     #[test]
